@@ -1,0 +1,105 @@
+"""`sharp-export predict`: images -> PLY files with the reference PyTorch model."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+import torch
+
+from sharp_export.commands.options import model_options
+from sharp_export.progress import echo
+
+
+@click.command("predict")
+@click.argument("inputs", nargs=-1, type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out_dir", type=click.Path(path_type=Path), required=True, help="Output directory.")
+@model_options
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp16", "bf16"]),
+    default="fp32",
+    show_default=True,
+    help="Network precision (autocast); the depth-to-Gaussian tail always stays fp32.",
+)
+@click.option(
+    "--format",
+    "ply_format",
+    type=click.Choice(["official", "viewer", "splat"]),
+    default="official",
+    show_default=True,
+    help="official: ml-sharp's PLY; viewer: vertex-only PLY for 3DGS viewers; splat: .splat for WebGL viewers.",
+)
+@click.option("--y-up", is_flag=True, help="Rotate 180 degrees about x for y-up viewers (viewer/splat formats).")
+@click.option("--sample", type=str, default=None, help="Also predict a bundled sample photo (e.g. 'coffee').")
+@click.option("--render/--no-render", default=False, help="Render a rotate_forward video of each scene afterwards.")
+@click.option("--renderer", type=click.Choice(["auto", "torch", "gsplat"]), default="auto", show_default=True)
+@click.option("--frames", type=int, default=60, show_default=True, help="Frames of the --render trajectory.")
+def command(
+    inputs: tuple[Path, ...],
+    out_dir: Path,
+    preset: str,
+    checkpoint: str | None,
+    seed: int | None,
+    device: str,
+    precision: str,
+    ply_format: str,
+    y_up: bool,
+    sample: str | None,
+    render: bool,
+    renderer: str,
+    frames: int,
+) -> None:
+    """Predict 3D Gaussians for each image (files or directories) and write one PLY per image."""
+    from sharp_export.errors import UserInputError
+    from sharp_export.pipeline import gaussians_for_image, resolve_device
+    from sharp_export.reference.checkpoint import autocast_context, build_model
+    from sharp_export.reference.ply import save_ply
+    from sharp_export.reference.preprocess import list_images
+
+    paths = list(inputs)
+    if sample is not None:
+        from sharp_export.samples import sample_image_path
+
+        paths.append(sample_image_path(sample))
+    if not paths:
+        raise UserInputError("no input images", fix="pass image files or directories, or --sample coffee")
+    images = list_images(paths)
+    torch_device = resolve_device(device)
+    if y_up and ply_format == "official":
+        raise UserInputError("--y-up applies to --format viewer or splat; the official PLY keeps OpenCV axes")
+
+    start = time.perf_counter()
+    loaded = build_model(preset, checkpoint, seed, device=torch_device, precision=precision)
+    echo(
+        f"model: preset '{preset}', {loaded.source_label}, {precision} on {torch_device} "
+        f"({time.perf_counter() - start:.1f} s to build)"
+    )
+
+    def infer(image: torch.Tensor, disparity_factor: torch.Tensor):
+        with torch.no_grad(), autocast_context(loaded, torch_device):
+            return loaded.model(image, disparity_factor)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    suffix = ".splat" if ply_format == "splat" else ".ply"
+    for index, path in enumerate(images, start=1):
+        prediction = gaussians_for_image(path, infer, loaded.model.resolution, torch_device)
+        target = out_dir / f"{path.stem}{suffix}"
+        save_ply(prediction.gaussians, prediction.meta, target, format=ply_format, y_up=y_up)
+        t = prediction.seconds
+        echo(
+            f"[{index}/{len(images)}] {path.name} -> {target}  "
+            f"(model {t['model']:.2f} s, pre {t['preprocess']:.2f} s, post {t['postprocess']:.2f} s)"
+        )
+        if render:
+            from sharp_export.reference.render import make_trajectory, render_trajectory
+
+            cameras = make_trajectory(prediction.gaussians, prediction.meta, num_frames=frames)
+            written = render_trajectory(
+                prediction.gaussians, prediction.meta, cameras, out_dir, path.stem, backend=renderer
+            )
+            echo(f"    rendered {', '.join(str(p) for p in written)}")
+    if not loaded.trained:
+        echo(f"note: these scenes come from {loaded.source_label}; they show the pipeline, not SHARP's quality")

@@ -1,0 +1,61 @@
+"""The pipeline in one place: image -> preprocess -> model (any runner) -> Gaussians -> PLY / render.
+
+``predict``, ``run`` and ``parity`` all go through ``gaussians_for_image`` so that every runner sees the
+same preprocessing and every PLY the same post-processing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from sharp_export.reference.gaussians import Gaussians3D, SceneMeta, unproject_gaussians
+from sharp_export.reference.preprocess import load_image, prepare_input
+
+# (image [1, 3, R, R] float32 in [0, 1], disparity_factor [1]) -> raw Gaussians in NDC*z space
+InferFn = Callable[[torch.Tensor, torch.Tensor], Gaussians3D]
+
+
+@dataclass
+class Prediction:
+    gaussians: Gaussians3D  # batch of one, metric OpenCV camera space, unit quaternions
+    meta: SceneMeta
+    seconds: dict[str, float]  # preprocess / model / postprocess
+
+
+def gaussians_for_image(path: Path, infer: InferFn, resolution: int, device: torch.device) -> Prediction:
+    """Run one image through ``infer`` and post-process to metric camera-space Gaussians."""
+    start = time.perf_counter()
+    image = load_image(path)
+    tensor, disparity_factor = prepare_input(image, resolution, device=device)
+    loaded = time.perf_counter()
+    raw = infer(tensor, disparity_factor)
+    if raw.mean_vectors.device.type == "cuda":
+        torch.cuda.synchronize()
+    inferred = time.perf_counter()
+    meta = SceneMeta(f_px=image.f_px, width=image.width, height=image.height)
+    gaussians = unproject_gaussians(raw, meta, resolution)
+    done = time.perf_counter()
+    seconds = {"preprocess": loaded - start, "model": inferred - loaded, "postprocess": done - inferred}
+    return Prediction(gaussians, meta, seconds)
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda, then mps, then cpu; an explicit device that is not there is a user error."""
+    from sharp_export.errors import UserInputError
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserInputError("--device cuda asked for, but torch sees no CUDA device", fix="use --device cpu")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UserInputError("--device mps asked for, but MPS is not available", fix="use --device cpu")
+    return torch.device(name)
