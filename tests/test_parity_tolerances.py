@@ -1,0 +1,101 @@
+"""The tolerance table: complete, documented, precision-aware, overridable per run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sharp_export.errors import UserInputError
+from sharp_export.parity.tolerances import (
+    METRICS,
+    PRECISIONS,
+    TARGETS,
+    TOLERANCES,
+    load_tolerances,
+    supported,
+)
+
+
+def test_every_combination_is_complete_and_documented():
+    combos = {(t, p) for (t, p, _) in TOLERANCES}
+    assert {t for t, _ in combos} == set(TARGETS)
+    assert {p for _, p in combos} == set(PRECISIONS)
+    for target, precision in combos:
+        table = load_tolerances(target, precision)
+        assert set(table) == set(METRICS)
+        for metric, tol in table.items():
+            assert tol.value > 0 and tol.statistic in ("max", "p99")
+            # Each entry says where its number comes from: a measurement or "not measured: provisional".
+            assert "measured" in tol.note, (target, precision, metric)
+
+
+def test_fp32_gates_max_reduced_precision_gates_p99():
+    gaussian = ("means_rel_depth", "scales_log", "quat_angle_deg", "covariance_rel", "colors_abs", "opacities_abs")
+    for (target, precision, metric), tol in TOLERANCES.items():
+        if metric not in gaussian:
+            continue
+        expected = "max" if precision == "fp32" and target != "tensorrt" else "p99"
+        assert tol.statistic == expected, (target, precision, metric)
+
+
+def test_anchor_values_come_from_the_measurements():
+    onnx = load_tolerances("onnx", "fp32")
+    # spec 10.2: z rel err max 1.9e-4; colours 1.53e-5; opacities 1.26e-4: each tolerance sits above.
+    assert onnx["means_rel_depth"].value > 1.9e-4 and "1.9e-4" in onnx["means_rel_depth"].note
+    assert onnx["colors_abs"].value > 1.53e-5 and "1.53e-5" in onnx["colors_abs"].note
+    assert onnx["opacities_abs"].value > 1.26e-4 and "1.26e-4" in onnx["opacities_abs"].note
+    assert not onnx["means_rel_depth"].provisional
+    assert load_tolerances("torch", "bf16")["means_rel_depth"].value > 0.11  # measured bf16 p99 11 %
+    assert load_tolerances("onnx", "int8")["means_rel_depth"].value > 0.054  # measured int8 p99 5.4 %
+    assert load_tolerances("coreml", "fp16")["means_rel_depth"].provisional
+    # Looser with less precision.
+    for metric in ("means_rel_depth", "colors_abs"):
+        assert onnx[metric].value < load_tolerances("onnx", "fp16")[metric].value
+
+
+def test_unknown_target_or_precision():
+    assert supported("onnx", "fp16") and not supported("coreml", "bf16")
+    with pytest.raises(UserInputError, match="unknown parity target 'tflite'"):
+        load_tolerances("tflite", "fp32")
+    with pytest.raises(UserInputError, match="coreml supports fp32, fp16, int8"):
+        load_tolerances("coreml", "bf16")
+
+
+def test_override_from_dict_json_and_toml(tmp_path):
+    base = load_tolerances("onnx", "fp32")
+    table = load_tolerances("onnx", "fp32", {"means_rel_depth": 5e-4})
+    assert table["means_rel_depth"].value == 5e-4 and table["means_rel_depth"].statistic == "max"
+    assert "overridden" in table["means_rel_depth"].note
+    assert table["colors_abs"] == base["colors_abs"]
+
+    path = tmp_path / "tol.json"
+    path.write_text(json.dumps({"colors_abs": 1e-3, "psnr_min_db": {"value": 40, "statistic": "max"}}))
+    table = load_tolerances("onnx", "fp32", path)
+    assert table["colors_abs"].value == 1e-3 and table["psnr_min_db"].value == 40.0
+    assert str(path) in table["colors_abs"].note
+
+    toml = tmp_path / "tol.toml"
+    toml.write_text('scales_log = 0.01\n[quat_angle_deg]\nvalue = 2.0\nstatistic = "p99"\n')
+    table = load_tolerances("onnx", "fp32", toml)
+    assert table["scales_log"].value == 0.01
+    assert table["quat_angle_deg"].value == 2.0 and table["quat_angle_deg"].statistic == "p99"
+
+
+def test_override_errors(tmp_path):
+    path = tmp_path / "tol.json"
+    path.write_text(json.dumps({"means_rel_depht": 1e-3}))  # typo
+    with pytest.raises(UserInputError, match="unknown tolerance key.*means_rel_depht") as info:
+        load_tolerances("onnx", "fp32", path)
+    assert info.value.path == path and "valid keys" in info.value.fix
+    with pytest.raises(UserInputError, match="must be a number >= 0"):
+        load_tolerances("onnx", "fp32", {"colors_abs": "small"})
+    with pytest.raises(UserInputError, match="must be a number >= 0"):
+        load_tolerances("onnx", "fp32", {"colors_abs": -1})
+    with pytest.raises(UserInputError, match="'max' or 'p99'"):
+        load_tolerances("onnx", "fp32", {"colors_abs": {"value": 1, "statistic": "median"}})
+    with pytest.raises(UserInputError, match="tolerance file not found"):
+        load_tolerances("onnx", "fp32", tmp_path / "missing.json")
+    path.write_text("{not json")
+    with pytest.raises(UserInputError, match="cannot parse tolerance file"):
+        load_tolerances("onnx", "fp32", path)
