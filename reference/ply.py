@@ -1,0 +1,327 @@
+"""Write and read Gaussian scenes: ml-sharp's PLY, a vertex-only PLY for 3DGS viewers, and .splat.
+
+All three are written with numpy (no plyfile), atomically: bytes go to a temporary file in the target
+directory, which replaces the target only once complete, so a failure never leaves a partial file.
+
+* ``official``: byte layout of ml-sharp's ``save_ply`` (spec 7.3): binary little endian; ``vertex`` with
+  x y z f_dc_0..2 opacity scale_0..2 rot_0..3, then extrinsic, intrinsic, image_size, frame, disparity,
+  color_space, version. Colours are stored as sRGB SH DC (color_space 0), opacities as logits, scales
+  as natural logs, rotations as unit quaternions wxyz. OpenCV axes (x right, y down, z forward).
+* ``viewer``: only the ``vertex`` element, in the INRIA 3DGS property order with zero normals and
+  zero f_rest_0..44, for viewers that require those fields or trip over extra elements.
+* ``splat``: antimatter15's 32-byte records (position f32 x3, linear scale f32 x3, RGBA u8 with sRGB
+  colour and opacity, quaternion wxyz u8 as q*128+128), sorted by descending opacity * volume.
+
+``y_up`` (viewer, splat) rotates the scene 180 degrees about x for y-up viewers.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sharp_export.errors import UserInputError
+from sharp_export.reference.gaussians import (
+    Gaussians3D,
+    SceneMeta,
+    linear_to_srgb,
+    logit,
+    rgb_to_sh,
+    sh_to_rgb,
+    srgb_to_linear,
+)
+
+PLY_FORMATS = ("official", "viewer", "splat")
+OFFICIAL_VERTEX_PROPS = (
+    ["x", "y", "z"] + [f"f_dc_{i}" for i in range(3)] + ["opacity"] + [f"scale_{i}" for i in range(3)]
+) + [f"rot_{i}" for i in range(4)]
+VIEWER_VERTEX_PROPS = (
+    ["x", "y", "z", "nx", "ny", "nz"]
+    + [f"f_dc_{i}" for i in range(3)]
+    + [f"f_rest_{i}" for i in range(45)]
+    + ["opacity"]
+    + [f"scale_{i}" for i in range(3)]
+    + [f"rot_{i}" for i in range(4)]
+)
+PLY_VERSION = (1, 5, 0)  # ml-sharp's PLY version element
+COLOR_SPACE_SRGB = 0  # ml-sharp's encoding: 0 = sRGB, 1 = linear RGB
+DISPARITY_QUANTILES = (0.1, 0.9)
+SPLAT_RECORD_BYTES = 32
+_PLY_TYPES = {
+    "char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1", "short": "i2", "int16": "i2",
+    "ushort": "u2", "uint16": "u2", "int": "i4", "int32": "i4", "uint": "u4", "uint32": "u4",
+    "float": "f4", "float32": "f4", "double": "f8", "float64": "f8",
+}  # fmt: skip
+_PLY_NAMES = {"f4": "float", "u4": "uint", "i4": "int", "u1": "uchar"}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Writing
+# ----------------------------------------------------------------------------------------------------
+
+
+def save_ply(
+    gaussians: Gaussians3D,
+    meta: SceneMeta,
+    path: str | Path,
+    format: str = "official",
+    y_up: bool = False,
+) -> Path:
+    """Write a batch-of-one metric camera-space scene (unit quaternions) in one of ``PLY_FORMATS``."""
+    path = Path(path)
+    if format not in PLY_FORMATS:
+        raise UserInputError(f"unknown scene format '{format}'", fix=f"use one of {', '.join(PLY_FORMATS)}")
+    if gaussians.mean_vectors.ndim != 3 or gaussians.mean_vectors.shape[0] != 1:
+        raise ValueError(f"save_ply expects a batch of one, got means {tuple(gaussians.mean_vectors.shape)}")
+    # Encode from float32 like ml-sharp, whatever precision the runner produced.
+    gaussians = gaussians.to(device="cpu", dtype=torch.float32)
+    if format == "official":
+        if y_up:
+            raise UserInputError("y_up applies to the viewer and splat formats; the official PLY keeps OpenCV axes")
+        chunks = official_ply_chunks(gaussians, meta)
+    else:
+        scene = gaussians.select(0)
+        if y_up:
+            scene = rotate_x_180(scene)
+        chunks = viewer_ply_chunks(scene) if format == "viewer" else splat_chunks(scene)
+    write_atomic(path, chunks)
+    return path
+
+
+def _attributes(gaussians: Gaussians3D) -> np.ndarray:  # [N, 14] float32, official vertex order
+    """Vertex properties computed in float32 torch, in the same op order as ml-sharp's writer."""
+    with torch.no_grad():
+        attributes = torch.cat(
+            (
+                gaussians.mean_vectors.flatten(0, 1),
+                rgb_to_sh(linear_to_srgb(gaussians.colors.flatten(0, 1))),
+                logit(gaussians.opacities).flatten(0, 1).unsqueeze(-1),
+                torch.log(gaussians.singular_values).flatten(0, 1),
+                gaussians.quaternions.flatten(0, 1),
+            ),
+            dim=1,
+        )
+    return attributes.detach().to("cpu", torch.float32).numpy()
+
+
+def _header(elements: list[tuple[str, int, list[tuple[str, str]]]]) -> bytes:
+    """PLY header, written like plyfile does: element / property lines, no comments."""
+    lines = ["ply", "format binary_little_endian 1.0"]
+    for name, count, props in elements:
+        lines.append(f"element {name} {count}")
+        lines += [f"property {_PLY_NAMES[kind]} {prop}" for kind, prop in props]
+    lines.append("end_header")
+    return ("\n".join(lines) + "\n").encode("ascii")
+
+
+def disparity_quantiles(depth: torch.Tensor) -> np.ndarray:  # depth [N] -> [2] float32
+    """10% / 90% quantiles of 1/z, bit-identical to ml-sharp's ``torch.quantile`` (linear interpolation).
+
+    torch.quantile refuses inputs above 2^24 elements, so its arithmetic is reproduced instead: ranks
+    q * (n - 1) in the input's dtype, floor / ceil neighbours of the sorted values, ``lerp``. NaN
+    anywhere gives NaN, as in torch.quantile.
+    """
+    disparity = 1.0 / depth.detach().flatten()
+    ordered = torch.sort(disparity).values
+    ranks = torch.tensor(DISPARITY_QUANTILES, dtype=disparity.dtype, device=disparity.device) * (ordered.numel() - 1)
+    below, above = ranks.floor().long(), ranks.ceil().long()
+    values = torch.lerp(ordered[below], ordered[above], ranks - below)
+    if torch.isnan(disparity).any():
+        values = torch.full_like(values, float("nan"))
+    return values.float().cpu().numpy()
+
+
+def official_ply_chunks(gaussians: Gaussians3D, meta: SceneMeta) -> list[bytes]:
+    attributes = _attributes(gaussians)
+    count = attributes.shape[0]
+    width, height = meta.width, meta.height
+    intrinsic = np.array([meta.f_px, 0, width * 0.5, 0, meta.f_px, height * 0.5, 0, 0, 1], dtype="<f4")
+    extras: list[tuple[str, str, np.ndarray]] = [
+        ("extrinsic", "f4", np.eye(4, dtype="<f4").flatten()),
+        ("intrinsic", "f4", intrinsic),
+        ("image_size", "u4", np.array([width, height], dtype="<u4")),
+        ("frame", "i4", np.array([1, count], dtype="<i4")),
+        ("disparity", "f4", disparity_quantiles(gaussians.mean_vectors[0, :, 2]).astype("<f4")),
+        ("color_space", "u1", np.array([COLOR_SPACE_SRGB], dtype="u1")),
+        ("version", "u1", np.array(PLY_VERSION, dtype="u1")),
+    ]
+    header = _header(
+        [("vertex", count, [("f4", p) for p in OFFICIAL_VERTEX_PROPS])]
+        + [(name, len(values), [(kind, name)]) for name, kind, values in extras]
+    )
+    return [header, attributes.astype("<f4", copy=False).tobytes()] + [values.tobytes() for _, _, values in extras]
+
+
+def viewer_ply_chunks(scene: Gaussians3D) -> list[bytes]:
+    attributes = _attributes(scene)
+    count = attributes.shape[0]
+    table = np.zeros((count, len(VIEWER_VERTEX_PROPS)), dtype="<f4")
+    table[:, 0:3] = attributes[:, 0:3]  # x y z; nx ny nz stay 0
+    table[:, 6:9] = attributes[:, 3:6]  # f_dc; f_rest stay 0
+    table[:, 54:62] = attributes[:, 6:14]  # opacity, scales, rotation
+    header = _header([("vertex", count, [("f4", p) for p in VIEWER_VERTEX_PROPS])])
+    return [header, table.tobytes()]
+
+
+def splat_chunks(scene: Gaussians3D) -> list[bytes]:
+    with torch.no_grad():
+        means = scene.mean_vectors[0].to("cpu", torch.float32).numpy()
+        scales = scene.singular_values[0].to("cpu", torch.float32).numpy()
+        srgb = linear_to_srgb(scene.colors[0]).to("cpu", torch.float32).numpy()
+        opacity = scene.opacities[0].to("cpu", torch.float32).numpy()
+        quats = torch.nn.functional.normalize(scene.quaternions[0].float(), dim=-1).cpu().numpy()
+    importance = np.prod(scales.astype(np.float64), axis=1) * opacity
+    order = np.argsort(-importance, kind="stable")
+    records = np.empty(
+        len(order), dtype=[("position", "<f4", 3), ("scale", "<f4", 3), ("rgba", "u1", 4), ("rot", "u1", 4)]
+    )
+    records["position"] = means[order]
+    records["scale"] = scales[order]
+    # Truncation after clipping, as antimatter15's convert.py does.
+    rgba = np.concatenate([srgb, opacity[:, None]], axis=1)[order]
+    records["rgba"] = np.clip(rgba * 255, 0, 255).astype(np.uint8)
+    records["rot"] = np.clip(quats[order] * 128 + 128, 0, 255).astype(np.uint8)
+    return [records.tobytes()]
+
+
+def rotate_x_180(scene: Gaussians3D) -> Gaussians3D:
+    """OpenCV (y down, z forward) -> y up, z backward: (x, y, z) -> (x, -y, -z).
+
+    The rotation is composed onto each quaternion: (0, 1, 0, 0) * (w, x, y, z) = (-x, w, -z, y).
+    """
+    means = scene.mean_vectors * scene.mean_vectors.new_tensor([1.0, -1.0, -1.0])
+    w, x, y, z = scene.quaternions.unbind(-1)
+    quats = torch.stack([-x, w, -z, y], dim=-1)
+    return scene._replace(mean_vectors=means, quaternions=quats)
+
+
+def write_atomic(path: Path, chunks: list[bytes]) -> None:
+    """Write ``chunks`` to ``path`` via a temporary sibling file and ``os.replace``."""
+    if not path.parent.is_dir():
+        raise UserInputError("output directory does not exist", path=path.parent, fix="create it first")
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temp, "wb") as handle:
+            for chunk in chunks:
+                handle.write(chunk)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+
+
+# ----------------------------------------------------------------------------------------------------
+# Reading
+# ----------------------------------------------------------------------------------------------------
+
+
+def read_ply_elements(path: str | Path) -> dict[str, np.ndarray]:
+    """Every element of a binary PLY as a numpy structured array (scalar properties only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError("PLY file not found", path=path)
+    with open(path, "rb") as handle:
+        if handle.read(4) != b"ply\n":
+            raise UserInputError("not a PLY file (no 'ply' magic line)", path=path)
+        elements, byte_order = _parse_header(handle, path)
+        data = {}
+        for name, count, props in elements:
+            try:
+                dtype = np.dtype([(prop, byte_order + kind) for kind, prop in props])
+            except (ValueError, TypeError) as error:  # e.g. a property name used twice
+                raise UserInputError(f"bad properties in PLY element '{name}' ({error})", path=path) from error
+            array = np.fromfile(handle, dtype=dtype, count=count)
+            if len(array) != count:
+                raise UserInputError(f"truncated PLY: element '{name}' has {len(array)} of {count} records", path=path)
+            data[name] = array
+    return data
+
+
+def _parse_header(handle, path: Path) -> tuple[list[tuple[str, int, list[tuple[str, str]]]], str]:
+    elements: list[tuple[str, int, list[tuple[str, str]]]] = []
+    byte_order = None
+    while True:
+        line = handle.readline(4096)
+        if not line.endswith(b"\n"):
+            raise UserInputError("truncated or malformed PLY header", path=path)
+        words = line.decode("ascii", errors="replace").split()
+        if not words or words[0] in ("comment", "obj_info"):
+            continue
+        if words[0] == "end_header":
+            break
+        if words[0] == "format":
+            order = {"binary_little_endian": "<", "binary_big_endian": ">"}.get(words[1] if len(words) > 1 else "")
+            if order is None:
+                raise UserInputError(f"unsupported PLY format '{' '.join(words[1:])}'", path=path, fix="use binary PLY")
+            byte_order = order
+        elif words[0] == "element" and len(words) == 3 and words[2].isdigit():
+            elements.append((words[1], int(words[2]), []))
+        elif words[0] == "property" and len(words) == 3 and elements and words[1] in _PLY_TYPES:
+            elements[-1][2].append((_PLY_TYPES[words[1]], words[2]))
+        else:
+            raise UserInputError(f"unsupported PLY header line '{line.decode(errors='replace').strip()}'", path=path)
+    if byte_order is None:
+        raise UserInputError("PLY header has no format line", path=path)
+    return elements, byte_order
+
+
+def load_ply(path: str | Path, missing_color_space: int = COLOR_SPACE_SRGB) -> tuple[Gaussians3D, SceneMeta]:
+    """Read an official or viewer PLY back into linear-RGB Gaussians (batch of one) and its metadata.
+
+    Mirrors ml-sharp's ``load_ply``: exp of the log scales, sigmoid of the opacity logits, SH DC ->
+    colour, sRGB -> linear when color_space is 0, f = 512 at 640 x 480 without an intrinsic element.
+    Unlike ml-sharp (which assumes linear), a file without a color_space element is taken as
+    ``missing_color_space``, sRGB by default: that is what the viewer format and 3DGS files store.
+    """
+    path = Path(path)
+    elements = read_ply_elements(path)
+    vertex = elements.get("vertex")
+    missing = [p for p in OFFICIAL_VERTEX_PROPS if vertex is None or p not in vertex.dtype.names]
+    if missing:
+        raise UserInputError(f"PLY vertex element lacks Gaussian properties {missing}", path=path)
+
+    def columns(names: list[str]) -> torch.Tensor:
+        return torch.from_numpy(np.stack([vertex[n].astype(np.float32) for n in names], axis=-1))[None]
+
+    colors = sh_to_rgb(columns([f"f_dc_{i}" for i in range(3)]))
+    color_space = int(elements["color_space"]["color_space"][0]) if "color_space" in elements else missing_color_space
+    if color_space == COLOR_SPACE_SRGB:
+        colors = srgb_to_linear(colors)
+    gaussians = Gaussians3D(
+        mean_vectors=columns(["x", "y", "z"]),
+        singular_values=torch.exp(columns([f"scale_{i}" for i in range(3)])),
+        quaternions=columns([f"rot_{i}" for i in range(4)]),
+        colors=colors,
+        opacities=torch.sigmoid(columns(["opacity"])[..., 0]),
+    )
+    return gaussians, _scene_meta(elements, path)
+
+
+def _scene_meta(elements: dict[str, np.ndarray], path: Path) -> SceneMeta:
+    if "intrinsic" not in elements:
+        return SceneMeta(f_px=512.0, width=640, height=480)  # ml-sharp's VGA default
+    intrinsic = elements["intrinsic"]["intrinsic"].astype(np.float64)
+    if "image_size" not in elements:  # legacy: (fx, fy, W, H)
+        if len(intrinsic) != 4:
+            raise UserInputError(f"legacy intrinsic element needs 4 values, has {len(intrinsic)}", path=path)
+        return SceneMeta(f_px=float(intrinsic[0]), width=int(intrinsic[2]), height=int(intrinsic[3]))
+    if len(intrinsic) != 9:
+        raise UserInputError(f"intrinsic element needs 9 values, has {len(intrinsic)}", path=path)
+    size = elements["image_size"]["image_size"]
+    return SceneMeta(f_px=float(intrinsic[0]), width=int(size[0]), height=int(size[1]))
+
+
+def read_splat(path: str | Path) -> dict[str, np.ndarray]:
+    """A .splat file as arrays: position [N, 3], scale [N, 3] float32, rgba [N, 4], rot [N, 4] uint8."""
+    path = Path(path)
+    raw = path.read_bytes()
+    if len(raw) % SPLAT_RECORD_BYTES:
+        raise UserInputError(f".splat size {len(raw)} is not a multiple of {SPLAT_RECORD_BYTES} bytes", path=path)
+    dtype = np.dtype([("position", "<f4", 3), ("scale", "<f4", 3), ("rgba", "u1", 4), ("rot", "u1", 4)])
+    records = np.frombuffer(raw, dtype=dtype)
+    return {name: np.array(records[name]) for name in dtype.names}

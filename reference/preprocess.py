@@ -1,0 +1,197 @@
+"""Image loading and model-input preparation, matching ml-sharp's ``io.load_rgb`` and ``predict_image``.
+
+What ml-sharp does and we therefore do (spec section 7.1):
+
+* PIL decode; HEIC through pillow_heif (8-bit conversion of HDR files).
+* EXIF orientation 3, 6, 8 applied as 180 / 270 / 90 degree rotations. The mirrored orientations
+  (2, 4, 5, 7) are ignored by ml-sharp, so they are ignored here too: the focal length and the model
+  input must be those of the official pipeline.
+* Alpha dropped, grey replicated to three channels. Other modes (palette, 16-bit, CMYK, grey+alpha),
+  which ml-sharp would pass on as raw index or channel data, are converted to RGB by PIL instead.
+* Focal length from EXIF, looked up in the main IFD and the Exif sub-IFD (0x8769, where cameras put
+  FocalLength); f_px = f_35mm * sqrt(W^2 + H^2) / sqrt(36^2 + 24^2) with the rotated W, H.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sharp_export.errors import MissingDependencyError, UserInputError
+
+DEFAULT_FOCAL_35MM = 30.0  # ml-sharp's assumption when EXIF has no focal length
+CROP_FACTOR_GUESS = 8.4  # ml-sharp's crude phone-sensor crop factor for raw focal lengths below 10 mm
+HEIF_SUFFIXES = (".heic", ".heif")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif") + HEIF_SUFFIXES
+
+EXIF_IFD = 0x8769
+TAG_ORIENTATION = 0x0112
+TAG_FOCAL_LENGTH = 0x920A  # FocalLength, mm of the real lens (Exif IFD)
+TAG_FOCAL_35MM = 0xA405  # FocalLengthIn35mmFilm (PIL name; exiftool calls it FocalLenIn35mmFilm)
+
+
+@dataclass
+class LoadedImage:
+    rgb: np.ndarray  # [H, W, 3] uint8, orientation applied
+    f_px: float  # focal length in pixels for this (rotated) image
+    width: int
+    height: int
+    path: Path
+
+
+def load_image(path: str | Path) -> LoadedImage:
+    """Read an image file as ml-sharp does; any unreadable input is a ``UserInputError`` naming the file."""
+    path = Path(path)
+    if not path.exists():
+        raise UserInputError("image file not found", path=path, fix="check the path")
+    if path.is_dir():
+        raise UserInputError("expected an image file, got a directory", path=path, fix="pass the file itself")
+    pil = _open_pil(path)
+    try:
+        exif = _exif_values(pil)
+        pil = _apply_orientation(pil, exif.get(TAG_ORIENTATION, 1))
+        rgb = _to_rgb_array(pil)
+    except (OSError, ValueError, SyntaxError) as error:  # PIL reports truncated / corrupt data lazily
+        raise UserInputError(f"cannot decode image data ({error})", path=path, fix="re-export the image") from error
+    height, width = rgb.shape[:2]
+    f_35mm = focal_length_35mm(exif)
+    return LoadedImage(rgb=rgb, f_px=focal_length_px(f_35mm, width, height), width=width, height=height, path=path)
+
+
+def _open_pil(path: Path):
+    from PIL import Image, UnidentifiedImageError
+
+    if path.suffix.lower() in HEIF_SUFFIXES:
+        try:
+            import pillow_heif
+        except ImportError as error:
+            raise MissingDependencyError("pillow-heif", "heic", "Reading HEIC images") from error
+        try:
+            return pillow_heif.open_heif(path, convert_hdr_to_8bit=True).to_pillow()
+        except (OSError, ValueError, RuntimeError) as error:
+            raise UserInputError(f"not a readable HEIC image ({error})", path=path) from error
+    try:
+        pil = Image.open(path)
+        pil.load()
+    except UnidentifiedImageError as error:
+        raise UserInputError(
+            "not an image PIL can read", path=path, fix=f"use one of {', '.join(IMAGE_SUFFIXES)}"
+        ) from error
+    except (OSError, ValueError, SyntaxError) as error:
+        raise UserInputError(f"cannot decode image data ({error})", path=path, fix="re-export the image") from error
+    return pil
+
+
+def _exif_values(pil) -> dict[int, object]:
+    """Orientation and focal-length tags from the main IFD and the Exif sub-IFD.
+
+    ml-sharp takes Orientation from the main IFD (falling back to the sub-IFD) and the focal lengths
+    from the Exif sub-IFD only, where cameras write them. We prefer the same IFDs and fall back to the
+    other one, so a non-standard file with FocalLength in the main IFD still gets its focal length.
+    """
+    exif = pil.getexif()
+    main = {tag: value for tag, value in exif.items() if tag != EXIF_IFD}
+    sub = dict(exif.get_ifd(EXIF_IFD))
+    values: dict[int, object] = {}
+    for tag, first, second in (
+        (TAG_ORIENTATION, main, sub),
+        (TAG_FOCAL_35MM, sub, main),
+        (TAG_FOCAL_LENGTH, sub, main),
+    ):
+        if tag in first:
+            values[tag] = first[tag]
+        elif tag in second:
+            values[tag] = second[tag]
+    return values
+
+
+def _apply_orientation(pil, orientation: object):
+    from PIL import Image
+
+    transpose = {3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_270, 8: Image.Transpose.ROTATE_90}
+    if isinstance(orientation, int) and orientation in transpose:
+        return pil.transpose(transpose[orientation])
+    return pil
+
+
+def _to_rgb_array(pil) -> np.ndarray:  # [H, W, 3] uint8
+    # np.array copies: PIL's buffer view is read-only, and torch.from_numpy wants a writable array.
+    if pil.mode == "RGB":
+        return np.array(pil)
+    if pil.mode == "RGBA":
+        return np.ascontiguousarray(np.asarray(pil)[:, :, :3])
+    if pil.mode == "L":
+        grey = np.asarray(pil)
+        return np.stack([grey, grey, grey], axis=-1)
+    return np.array(pil.convert("RGB"))
+
+
+def _as_float(value: object) -> float | None:
+    """An EXIF number (int, IFDRational, tuple numerator/denominator) as a finite float, else None."""
+    if isinstance(value, tuple) and len(value) == 2:
+        value = value[0] / value[1] if value[1] else None
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def focal_length_35mm(exif: dict[int, object]) -> float:
+    """ml-sharp's rule: 35 mm equivalent if present and >= 1, else raw FocalLength (x 8.4 below 10 mm), else 30.
+
+    A value that does not parse as a finite number (e.g. a 0/0 rational) counts as missing; ml-sharp
+    would carry the NaN into f_px.
+    """
+    f_35mm = _as_float(exif.get(TAG_FOCAL_35MM))
+    if f_35mm is not None and f_35mm >= 1:
+        return f_35mm
+    f_mm = _as_float(exif.get(TAG_FOCAL_LENGTH))
+    if f_mm is None:
+        f_mm = DEFAULT_FOCAL_35MM
+    return f_mm * CROP_FACTOR_GUESS if f_mm < 10.0 else f_mm
+
+
+def focal_length_px(f_35mm: float, width: int, height: int) -> float:
+    """Focal length in pixels from the 35 mm equivalent and the (diagonal of the) image size."""
+    return float(f_35mm * np.sqrt(width**2.0 + height**2.0) / np.sqrt(36**2 + 24**2))
+
+
+def prepare_input(
+    image: LoadedImage,
+    resolution: int,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> tuple[torch.Tensor, torch.Tensor]:  # image [1, 3, R, R] in [0, 1], disparity_factor [1]
+    """Model inputs: uint8 / 255, bilinear align_corners=True resize of both axes, f_px / W."""
+    # Divide after the cast, in float32, like ml-sharp, then resize; the result is cast to dtype last.
+    pixels = torch.from_numpy(np.require(image.rgb, np.uint8, ["C", "W"])).to(device).float().permute(2, 0, 1) / 255.0
+    if pixels.shape[1:] != (resolution, resolution):
+        pixels = F.interpolate(pixels[None], size=(resolution, resolution), mode="bilinear", align_corners=True)[0]
+    disparity_factor = torch.tensor([image.f_px / image.width], dtype=torch.float32, device=device)
+    return pixels[None].to(dtype), disparity_factor.to(dtype)
+
+
+def list_images(paths: Sequence[str | Path]) -> list[Path]:
+    """Files as given plus the images inside given directories (recursive, sorted); none found is an error."""
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise UserInputError("input not found", path=path, fix="pass existing image files or directories")
+    if not found:
+        shown = ", ".join(str(p) for p in paths) or "(nothing)"
+        raise UserInputError(
+            f"no images found in {shown}", fix=f"directories are searched for {', '.join(IMAGE_SUFFIXES)}"
+        )
+    return found
