@@ -31,9 +31,10 @@ def cli(verbose: bool) -> None:
 
 
 def _register() -> None:
-    from sharp_export.commands import predict
+    from sharp_export.commands import predict, render
 
     cli.add_command(predict.command)
+    cli.add_command(render.command)
 
 
 _register()

@@ -1,0 +1,155 @@
+"""Render a camera trajectory to videos (colour + turbo depth) or PNG frames, like ml-sharp's VideoWriter.
+
+Colour frames are ``uint8(sRGB * 255)`` (truncated, as ml-sharp). Depth frames map expected depth to
+the turbo colour map over [0, min(max depth of the first frame, 50 m)]. Videos are H.264 mp4 at 30 fps
+through imageio-ffmpeg. Everything is written to temporary names first and renamed at the end, so an
+interrupted run never leaves a half-written file under the final name.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sharp_export.errors import MissingDependencyError, UserInputError
+from sharp_export.reference.gaussians import Gaussians3D, SceneMeta
+from sharp_export.reference.render.cameras import VIDEO_FPS, Camera
+from sharp_export.reference.render.gsplat_backend import render_scene
+
+METRIC_DEPTH_MAX_CLAMP_METER = 50.0  # ml-sharp vis.py: depth colour range ends at min(first max, 50 m)
+
+# Turbo colour map, polynomial approximation (Anton Mikhailov's Turbo, Google 2019; GLSL approximation
+# by Ruofei Du, Apache-2.0): channel = c0 + c1 x + ... + c5 x^5 for x in [0, 1].
+_TURBO_COEFFS = np.array(
+    [
+        [0.13572138, 4.61539260, -42.66032258, 132.13108234, -152.94239396, 59.28637943],
+        [0.09140261, 2.19418839, 4.84296658, -14.18503333, 4.27729857, 2.82956604],
+        [0.10667330, 12.64194608, -60.58204836, 110.36276771, -89.90310912, 27.34824973],
+    ]
+)
+
+
+def turbo_colormap(values: np.ndarray) -> np.ndarray:  # values: [...] in [0, 1] (clipped)
+    """Turbo RGB in [0, 1], shape [..., 3]."""
+    x = np.clip(np.asarray(values, dtype=np.float64), 0.0, 1.0)
+    powers = np.stack([x**k for k in range(6)], axis=-1)  # [..., 6]
+    return np.clip(powers @ _TURBO_COEFFS.T, 0.0, 1.0)
+
+
+def color_frame(color: torch.Tensor) -> np.ndarray:  # color: [H, W, 3] sRGB in [0, 1]
+    """uint8 [H, W, 3], truncating like ml-sharp's ``(color * 255).to(uint8)``."""
+    return (color.detach().float().clamp(0.0, 1.0) * 255.0).to(torch.uint8).cpu().numpy()
+
+
+def depth_frame(depth: torch.Tensor, depth_max: float) -> np.ndarray:  # depth: [H, W] metres
+    """uint8 [H, W, 3] turbo colouring of depth / depth_max."""
+    normalised = depth.detach().double().cpu().numpy() / max(depth_max, 1e-6)
+    return (turbo_colormap(normalised) * 255.0).astype(np.uint8)
+
+
+class _Mp4Writer:
+    """One H.264 stream written by imageio-ffmpeg to a temporary name, renamed by ``finish``."""
+
+    def __init__(self, target: Path, width: int, height: int):
+        try:
+            import imageio_ffmpeg
+        except ImportError as error:
+            raise MissingDependencyError("imageio-ffmpeg", "video", "Writing mp4 videos") from error
+        self.target = target
+        self.temp = target.with_name(f".{target.stem}.partial{target.suffix}")
+        # macro_block_size=2: sizes are even already; ffmpeg must not rescale the frames.
+        self.generator = imageio_ffmpeg.write_frames(
+            str(self.temp), (width, height), fps=VIDEO_FPS, codec="libx264", quality=5, macro_block_size=2
+        )
+        self.generator.send(None)
+
+    def append(self, frame: np.ndarray) -> None:  # frame: [H, W, 3] uint8
+        self.generator.send(np.ascontiguousarray(frame))
+
+    def finish(self) -> Path:
+        self.generator.close()
+        os.replace(self.temp, self.target)
+        return self.target
+
+    def abort(self) -> None:
+        self.generator.close()
+        self.temp.unlink(missing_ok=True)
+
+
+def render_trajectory(
+    gaussians: Gaussians3D,
+    meta: SceneMeta,
+    cameras: Sequence[Camera],
+    out_dir: Path,
+    stem: str,
+    *,
+    backend: str = "auto",
+    png: bool = False,
+    progress: bool = True,
+    eps2d: float = 0.0,
+) -> list[Path]:
+    """Render every camera and write ``<stem>.mp4`` + ``<stem>.depth.mp4`` (or PNG frames with ``png``).
+
+    PNG mode writes ``<stem>_frames/color_0000.png`` and ``depth_0000.png``; the whole folder is
+    replaced at the end. Returns the written paths. ``meta`` is accepted for symmetry with the
+    trajectory builder; the cameras already carry everything needed.
+    """
+    from tqdm import tqdm
+
+    if not cameras:
+        raise UserInputError("no cameras to render", fix="use at least one frame (--frames 1 or more)")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    width, height = cameras[0].width, cameras[0].height
+    if not png and (width % 2 or height % 2):
+        raise UserInputError(
+            f"mp4 (H.264, yuv420p) needs even frame sizes, got {width}x{height}",
+            fix="choose an even --resolution or write --png frames",
+        )
+
+    writers: list[_Mp4Writer] = []
+    frame_dir = None
+    if png:
+        from PIL import Image
+
+        frame_dir = Path(tempfile.mkdtemp(prefix=f".{stem}_frames.", dir=out_dir))
+    else:
+        writers = [
+            _Mp4Writer(out_dir / f"{stem}.mp4", width, height),
+            _Mp4Writer(out_dir / f"{stem}.depth.mp4", width, height),
+        ]
+    try:
+        depth_max = None
+        frames = tqdm(cameras, desc=stem, unit="frame", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+        for index, camera in enumerate(frames):
+            out = render_scene(gaussians, camera, backend=backend, eps2d=eps2d)
+            if depth_max is None:
+                depth_max = min(float(out.depth.max()), METRIC_DEPTH_MAX_CLAMP_METER)
+            color, depth = color_frame(out.color), depth_frame(out.depth, depth_max)
+            if frame_dir is not None:
+                Image.fromarray(color).save(frame_dir / f"color_{index:04d}.png")
+                Image.fromarray(depth).save(frame_dir / f"depth_{index:04d}.png")
+            else:
+                writers[0].append(color)
+                writers[1].append(depth)
+    except BaseException:
+        for writer in writers:
+            writer.abort()
+        if frame_dir is not None:
+            shutil.rmtree(frame_dir, ignore_errors=True)
+        raise
+
+    if frame_dir is None:
+        return [writer.finish() for writer in writers]
+    target = out_dir / f"{stem}_frames"
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(frame_dir, target)
+    return sorted(target.iterdir())
