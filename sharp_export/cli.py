@@ -31,10 +31,15 @@ def cli(verbose: bool) -> None:
 
 
 def _register() -> None:
-    from sharp_export.commands import predict, render
+    from sharp_export.commands import export, parity, predict, render, run
 
     cli.add_command(predict.command)
     cli.add_command(render.command)
+    for command in export.target_commands():
+        cli.add_command(command)
+    cli.add_command(run.run_command)
+    cli.add_command(parity.command)
+    cli.add_command(run.env_command)
 
 
 _register()

@@ -1,0 +1,314 @@
+"""Self-describing artifact directories: native files + ``manifest.json`` + ``export.log``, written atomically.
+
+An artifact is built in ``<out>.tmp-<random>`` beside the final path and moved into place with ``os.replace``
+only when everything, manifest last, is written. Any exception (KeyboardInterrupt included) deletes the temp
+directory, so a crashed or interrupted export never leaves something that looks like an artifact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sharp_export.errors import UserInputError
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+LOG_NAME = "export.log"
+TOOL_NAME = "sharp-export"
+
+_REQUIRED_KEYS = ("schema_version", "tool", "source", "target", "precision", "options", "io", "files", "created")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One model input or output. A string dimension (``"batch"``) is dynamic."""
+
+    name: str
+    shape: tuple[int | str, ...]
+    dtype: str  # numpy dtype name, e.g. "float32"
+    meaning: str  # units and meaning, e.g. "linear RGB in (0, 1)"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype, "meaning": self.meaning}
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> TensorSpec:
+        return TensorSpec(data["name"], tuple(data["shape"]), data["dtype"], data.get("meaning", ""))
+
+
+@dataclass(frozen=True)
+class IOSpec:
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"inputs": [t.to_dict() for t in self.inputs], "outputs": [t.to_dict() for t in self.outputs]}
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> IOSpec:
+        return IOSpec(
+            tuple(TensorSpec.from_dict(t) for t in data["inputs"]),
+            tuple(TensorSpec.from_dict(t) for t in data["outputs"]),
+        )
+
+    def input(self, name: str) -> TensorSpec:
+        return next(t for t in self.inputs if t.name == name)
+
+    @property
+    def dynamic_batch(self) -> bool:
+        return isinstance(self.inputs[0].shape[0], str)
+
+
+def raw_io_spec(resolution: int, batch: int | str, dtype: str = "float32") -> IOSpec:
+    """The I/O of the raw predictor: image + disparity_factor in, five Gaussian attributes (NDC x z) out."""
+    n = 2 * (resolution // 2) ** 2  # two layers of Gaussians on a half-resolution grid
+    return IOSpec(
+        inputs=(
+            TensorSpec("image", (batch, 3, resolution, resolution), "float32", "RGB, sRGB values in [0, 1], CHW"),
+            TensorSpec("disparity_factor", (batch,), "float32", "f_px / original image width (pixels/pixels)"),
+        ),
+        outputs=(
+            TensorSpec("mean_vectors", (batch, n, 3), dtype, "NDC x z: (x_ndc*z, y_ndc*z, z), z in disparity units"),
+            TensorSpec("singular_values", (batch, n, 3), dtype, "scales (standard deviations, not log), NDC x z"),
+            TensorSpec("quaternions", (batch, n, 4), dtype, "rotation wxyz, not normalised"),
+            TensorSpec("colors", (batch, n, 3), dtype, "linear RGB in (0, 1)"),
+            TensorSpec("opacities", (batch, n), dtype, "opacity in (0, 1)"),
+        ),
+    )
+
+
+def preprocessing_description(resolution: int) -> dict[str, Any]:
+    """How a user must prepare inputs so that the artifact sees what the reference model saw."""
+    return {
+        "resolution": resolution,
+        "resize": f"bilinear, align_corners=True, both axes to {resolution}x{resolution} (no aspect kept, no padding)",
+        "value_range": "uint8 RGB / 255 -> float32 in [0, 1] (sRGB values, not linearised), layout [B, 3, H, W]",
+        "disparity_factor": "f_px / W with f_px the focal length in pixels of the ORIGINAL image and W its width",
+        "postprocessing": "raw NDC x z Gaussians; unproject with the original intrinsics, cx = W/2, cy = H/2",
+    }
+
+
+@dataclass
+class Manifest:
+    """Everything needed to trust, run and reproduce an artifact. Serialised as manifest.json."""
+
+    source: dict[str, Any]  # preset, checkpoint_sha256, seed, label, untrained
+    target: str
+    precision: str
+    options: dict[str, Any]  # dynamic_batch, calibration and target options (opset, ...)
+    io: IOSpec
+    preprocessing: dict[str, Any]
+    environment: dict[str, Any]
+    conversion: dict[str, Any] = field(default_factory=dict)  # converter details: exporter, timings, opset found
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)  # relative path -> {sha256, size}
+    parity: dict[str, Any] = field(default_factory=lambda: {"status": "pending"})
+    reproduce: str = ""
+    main_file: str = ""  # relative path of the native model file
+    tool: dict[str, str] = field(default_factory=dict)
+    created: str = ""
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["io"] = self.io.to_dict()
+        # Identity first, bulky environment and file lists last: easier to read by eye.
+        order = ["schema_version", "tool", "created", "target", "precision", "source", "options", "main_file", "io",
+                 "preprocessing", "parity", "conversion", "reproduce", "files", "environment"]  # fmt: skip
+        return {key: data[key] for key in order}
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> Manifest:
+        data = dict(data)
+        data["io"] = IOSpec.from_dict(data["io"])
+        known = set(Manifest.__dataclass_fields__)
+        return Manifest(**{k: v for k, v in data.items() if k in known})
+
+
+def sha256_file(path: Path, chunk: int = 8 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def hash_files(directory: Path) -> dict[str, dict[str, Any]]:
+    """sha256 and size of every file under ``directory`` except the manifest itself, by relative path."""
+    result: dict[str, dict[str, Any]] = {}
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        rel = path.relative_to(directory).as_posix()
+        if rel != MANIFEST_NAME:
+            result[rel] = {"sha256": sha256_file(path), "size": path.stat().st_size}
+    return result
+
+
+def write_manifest(directory: Path, manifest: Manifest) -> Path:
+    """Hash every file, stamp tool and time, and write manifest.json (call it last)."""
+    from sharp_export import __version__
+
+    manifest.tool = {"name": TOOL_NAME, "version": __version__}
+    manifest.created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    manifest.files = hash_files(directory)
+    path = directory / MANIFEST_NAME
+    path.write_text(json.dumps(manifest.to_dict(), indent=2, sort_keys=False) + "\n")
+    return path
+
+
+def read_manifest(directory: str | Path) -> Manifest:
+    """Load and validate ``<directory>/manifest.json``; a clear error for anything that is not an artifact."""
+    directory = Path(directory)
+    fix = "pass a directory written by `sharp-export <target> -o DIR`"
+    if not directory.exists():
+        raise UserInputError("does not exist", path=directory, fix=fix)
+    if not directory.is_dir():
+        raise UserInputError("is a file, not an artifact directory", path=directory, fix=fix)
+    path = directory / MANIFEST_NAME
+    if not path.is_file():
+        raise UserInputError(f"is not a sharp-export artifact (no {MANIFEST_NAME})", path=directory, fix=fix)
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UserInputError(f"is not valid JSON ({error})", path=path, fix="re-export the artifact") from None
+    missing = [k for k in _REQUIRED_KEYS if k not in data] if isinstance(data, dict) else list(_REQUIRED_KEYS)
+    if missing:
+        raise UserInputError(f"is missing manifest keys {missing}", path=path, fix="re-export the artifact")
+    if data["schema_version"] != SCHEMA_VERSION:
+        raise UserInputError(
+            f"has manifest schema_version {data['schema_version']}, this sharp-export reads {SCHEMA_VERSION}",
+            path=path,
+            fix="re-export with this version or install the version that wrote it",
+        )
+    try:
+        return Manifest.from_dict(data)
+    except (KeyError, TypeError, IndexError) as error:
+        raise UserInputError(f"has a malformed manifest ({error!r})", path=path, fix="re-export the artifact") from None
+
+
+def check_file_sizes(directory: Path, manifest: Manifest) -> None:
+    """Cheap pre-load check: every listed file exists with its recorded size (catches truncated copies)."""
+    for rel, info in manifest.files.items():
+        path = directory / rel
+        if not path.is_file():
+            raise UserInputError(
+                f"listed in the manifest but missing: {rel}", path=directory, fix="copy the whole directory"
+            )
+        if path.stat().st_size != info["size"]:
+            raise UserInputError(
+                f"{rel} has {path.stat().st_size} bytes, the manifest says {info['size']} (truncated copy?)",
+                path=directory,
+                fix="copy the whole directory again",
+            )
+
+
+def verify_files(directory: str | Path) -> dict[str, dict[str, Any]]:
+    """Re-hash every file listed in the manifest; raise naming each missing or changed file."""
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    problems = []
+    for rel, info in manifest.files.items():
+        path = directory / rel
+        if not path.is_file():
+            problems.append(f"{rel} missing")
+        elif (found := sha256_file(path)) != info["sha256"]:
+            problems.append(f"{rel} sha256 {found[:12]}... != manifest {info['sha256'][:12]}...")
+    if problems:
+        raise UserInputError(
+            "files do not match the manifest: " + "; ".join(problems), path=directory, fix="re-copy or re-export"
+        )
+    return manifest.files
+
+
+def _is_artifact(path: Path) -> bool:
+    return path.is_dir() and (path / MANIFEST_NAME).is_file()
+
+
+def check_output_path(final: Path, force: bool) -> None:
+    """Refuse to overwrite: an existing artifact needs --force; anything else is never replaced."""
+    if not final.exists():
+        return
+    if not force:
+        raise UserInputError(
+            "already exists", path=final, fix="pass --force to replace it, or choose another output directory"
+        )
+    if not _is_artifact(final) and not (final.is_dir() and not any(final.iterdir())):
+        raise UserInputError(
+            "exists and is not a sharp-export artifact; --force only replaces artifacts",
+            path=final,
+            fix="choose another output directory",
+        )
+
+
+@contextlib.contextmanager
+def atomic_directory(final: str | Path, *, force: bool = False) -> Iterator[Path]:
+    """Yield a temp directory beside ``final``; move it into place on success, delete it on any failure."""
+    final = Path(final).absolute()
+    check_output_path(final, force)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{final.name}.tmp-", dir=final.parent))
+    os.chmod(tmp, 0o755)  # mkdtemp makes 0700; an artifact is meant to be shared and copied
+    try:
+        yield tmp
+        _commit(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _commit(tmp: Path, final: Path) -> None:
+    if not final.exists():
+        os.replace(tmp, final)
+        return
+    # rename() cannot replace a non-empty directory: move the old one aside first, restore it on failure.
+    old = Path(tempfile.mkdtemp(prefix=f"{final.name}.old-", dir=final.parent))
+    os.replace(final, old / "artifact")
+    try:
+        os.replace(tmp, final)
+    except BaseException:
+        os.replace(old / "artifact", final)
+        raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+class _Tee(io.TextIOBase):
+    """Writes to the real stream and to a buffer (export.log)."""
+
+    def __init__(self, stream: Any, buffer: io.StringIO):
+        self.stream = stream
+        self.buffer = buffer
+
+    def write(self, text: str) -> int:
+        self.buffer.write(text)
+        self.stream.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+
+@contextlib.contextmanager
+def capture_log() -> Iterator[io.StringIO]:
+    """Copy everything printed to stderr into a buffer, and route stdout chatter there too.
+
+    Toolchains (torch.onnx, coremltools) print progress to stdout; sending it to stderr keeps our stdout
+    machine-readable while the log still gets the whole story.
+    """
+    buffer = io.StringIO()
+    tee = _Tee(sys.stderr, buffer)
+    with contextlib.redirect_stderr(tee), contextlib.redirect_stdout(tee):
+        yield buffer

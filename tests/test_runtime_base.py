@@ -1,0 +1,78 @@
+"""Runner interface: input validation, TorchRunner, and open_runner's dispatch and errors."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from sharp_export import targets
+from sharp_export.artifact import Manifest, preprocessing_description, raw_io_spec, write_manifest
+from sharp_export.errors import UserInputError
+from sharp_export.export import TargetUnavailableError, example_inputs
+from sharp_export.reference.checkpoint import build_model
+from sharp_export.runtime.base import check_inputs, open_runner
+from sharp_export.runtime.torch_runner import TorchRunner
+from sharp_export.targets import get_target
+
+
+def test_check_inputs_accepts_dynamic_batch_and_rejects_mismatches():
+    io = raw_io_spec(64, "batch")
+    image = np.zeros((3, 3, 64, 64), np.float32)
+    check_inputs(io, image, np.ones(3, np.float32))
+    with pytest.raises(UserInputError, match="batch mismatch: image has 3 entries, disparity_factor 2"):
+        check_inputs(io, image, np.ones(2, np.float32))
+    with pytest.raises(UserInputError, match="'disparity_factor' has dtype float64"):
+        check_inputs(io, image, np.ones(3))
+    with pytest.raises(UserInputError, match=r"'image' has shape \(3, 64, 64\), the artifact expects \('batch', 3"):
+        check_inputs(io, image[0], np.ones(3, np.float32))
+    with pytest.raises(UserInputError, match="empty batch"):
+        check_inputs(io, image[:0], np.ones(0, np.float32))
+
+
+def test_torch_runner_is_the_eager_model(golden_dir):
+    loaded = build_model("tiny", golden_dir / "weights_perturbed.safetensors")
+    example = example_inputs(384, 2)
+    with torch.no_grad():
+        direct = loaded.model(example.image, example.disparity_factor)
+    with TorchRunner(loaded) as runner:
+        assert runner.io.dynamic_batch
+        out = runner.infer(example.image, example.disparity_factor.numpy())  # torch or numpy inputs
+        assert runner.last_inference_time_s > 0
+    for a, b in zip(out, direct, strict=True):
+        assert torch.equal(a, b)  # same module, same inputs: bit-identical
+    golden = np.load(golden_dir / "out_square_perturbed.npz")
+    # batch entry 0 is the golden input.png with disparity_factor 1.0; measured |torch - ml-sharp| <= 1.4e-4
+    np.testing.assert_allclose(out.mean_vectors[:1].numpy(), golden["mean_vectors"], rtol=0, atol=1e-3)
+    assert not runner.is_open
+
+
+def _fake_artifact(directory, target: str = "onnx") -> None:
+    manifest = Manifest(source={"preset": "tiny", "label": "x"}, target=target, precision="fp32", options={},
+                        io=raw_io_spec(64, 1), preprocessing=preprocessing_description(64), environment={},
+                        main_file="model.onnx")  # fmt: skip
+    (directory / "model.onnx").write_bytes(b"not really onnx")
+    write_manifest(directory, manifest)
+
+
+def test_open_runner_errors_are_clear(tmp_path, monkeypatch):
+    with pytest.raises(UserInputError, match="not a sharp-export artifact"):
+        open_runner(tmp_path)
+    _fake_artifact(tmp_path)
+    with pytest.raises(UserInputError, match="a onnx artifact runs on cpu, cuda, not 'mps'"):
+        open_runner(tmp_path, device="mps")
+    row = dataclasses.replace(get_target("onnx"), check_environment=lambda: "onnxruntime not installed: pip x")
+    monkeypatch.setitem(targets._REGISTRY, "onnx", row)
+    with pytest.raises(
+        TargetUnavailableError, match="target 'onnx' is not usable here: onnxruntime not installed"
+    ) as info:
+        open_runner(tmp_path)
+    assert info.value.exit_code == 2
+
+
+def test_open_runner_unknown_target(tmp_path):
+    _fake_artifact(tmp_path, target="from-the-future")
+    with pytest.raises(UserInputError, match="unknown target 'from-the-future'"):
+        open_runner(tmp_path)

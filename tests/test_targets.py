@@ -1,0 +1,106 @@
+"""The target registry and the environment report."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from sharp_export import targets
+from sharp_export.env import environment_report, format_environment, lpips_weights_path
+from sharp_export.errors import UserInputError
+from sharp_export.targets import Target, TargetOption, all_targets, get_target, missing_packages, register_target
+
+
+def _fake_target(name: str = "fake", **overrides) -> Target:
+    fields = dict(
+        name=name,
+        suffix=".bin",
+        extra="fake",
+        description="a fake target for tests",
+        precisions=("fp32",),
+        check_environment=lambda: None,
+        convert=lambda ctx: None,
+        open_runner=lambda directory, manifest, device: None,
+    )
+    fields.update(overrides)
+    return Target(**fields)
+
+
+def test_builtin_targets_are_registered_in_order():
+    names = [t.name for t in all_targets()]
+    assert names[0] == "onnx"
+    assert "tensorrt" in names
+    onnx = get_target("onnx")
+    assert onnx.suffix == ".onnx" and onnx.extra == "onnx"
+    assert onnx.supports_dynamic_batch and onnx.precisions == ("fp32",)
+    assert [o.name for o in onnx.options] == ["opset", "external_data"]
+    assert onnx.option("opset").default == 18 and onnx.option("opset").flag == "--opset"
+
+
+def test_registering_a_name_twice_is_an_error():
+    register_target(_fake_target("twice"))
+    try:
+        with pytest.raises(ValueError, match="already registered"):
+            register_target(_fake_target("twice"))
+        with pytest.raises(ValueError, match="already registered"):
+            register_target(dataclasses.replace(get_target("onnx")))
+    finally:
+        targets.unregister_target("twice")
+
+
+def test_unknown_target_names_the_known_ones():
+    with pytest.raises(UserInputError, match="unknown target 'nope'.*onnx"):
+        get_target("nope")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"precisions": ("fp64",)}, "non-empty subset"),
+        ({"precisions": ()}, "non-empty subset"),
+        ({"default_precision": "fp16"}, "default precision"),
+        ({"precisions": ("fp32", "int8")}, "int8 needs supports_calibration"),
+        ({"options": (TargetOption("a", int, 1, "x"), TargetOption("a", int, 2, "y"))}, "duplicate option"),
+    ],
+)
+def test_inconsistent_rows_are_rejected(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        _fake_target(**overrides)
+
+
+def test_targets_are_immutable():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        get_target("onnx").name = "x"  # type: ignore[misc]
+
+
+def test_status_reports_usable_or_reason():
+    assert get_target("onnx").status() == "usable"  # onnx, onnxruntime, onnxscript are installed here
+    trt_status = get_target("tensorrt").status()
+    assert trt_status.startswith("tensorrt not importable: pip install 'sharp-export[tensorrt]'")
+    assert _fake_target(check_environment=lambda: "missing x: pip install y").status() == "missing x: pip install y"
+
+
+def test_missing_packages_does_not_import():
+    assert missing_packages({"json": "json"}) is None
+    assert missing_packages({"surely_not_a_module_xyz": "xyz-dist"}) == "xyz-dist not installed"
+
+
+def test_environment_report_has_versions_and_targets():
+    report = environment_report()
+    packages = report["packages"]
+    import numpy
+    import torch
+
+    assert packages["torch"] == torch.__version__.split("+")[0] or packages["torch"] == torch.__version__
+    assert packages["numpy"] == numpy.__version__
+    assert packages["tensorrt"] is None
+    assert report["targets"]["onnx"] == "usable"
+    assert "CPUExecutionProvider" in report["onnxruntime_providers"]
+    assert report["cuda"]["available"] is False
+    assert report["cpu_count"] >= 1
+    assert (report["lpips_weights"] is not None) == (lpips_weights_path() is not None)
+    text = format_environment(report)
+    assert "torch" in text and "onnx          usable" in text and "tensorrt not importable" in text
+    light = environment_report(include_runtime_probes=False)
+    assert "cuda" not in light and "onnxruntime_providers" not in light
