@@ -38,7 +38,7 @@ class MultiLayerInitializer(nn.Module):
         # image: [B, 3, S, S] in [0, 1]; depth: [B, 2, S, S] metric depth of the two layers
         batch, _, size, _ = depth.shape
         # Normalise so the nearest point of each image is at depth ~1 (global reduction over both layers).
-        depth_factor = 1.0 / (depth.flatten(1).amin(dim=1) + 1e-6)  # [B]
+        depth_factor = 1.0 / (depth.amin(dim=(1, 2, 3)) + 1e-6)  # [B]; no 4.7M-long flattened axis
         depth_norm = torch.clamp(depth * depth_factor[:, None, None, None], max=DEPTH_MAX)
         global_scale = 1.0 / depth_factor
 

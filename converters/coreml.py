@@ -1,0 +1,490 @@
+"""The Core ML target: an mlprogram (.mlpackage) for Macs and iPhones, fp32 or fp16 for the Neural Engine.
+
+Path: ``torch.export.export(strict=False).run_decompositions({})`` -> ``ct.convert(convert_to="mlprogram",
+skip_model_load=True)``. coremltools 9.0 is tested up to torch 2.7; with torch 2.13 its ``torch.jit.trace``
+path fails on the full model, the ``torch.export`` path works (toolchain-facts).
+
+Hazards handled here (spec 10.4, toolchain-facts):
+
+* ``1.0 / x`` would become MIL ``inverse`` = 1/(x + 1e-4) (depth bias up to 1.1 %): lowered to an exact
+  ``real_div`` (coreml_mil.py), and the MIL check fails the export if an ``inverse`` is left.
+* fp16: ``compute_precision`` is always explicit. fp16 keeps the pinned regions in fp32 (see
+  ``PRECISION_PLAN_NOTE``); the five outputs are fp32.
+* Rank and size limits: no tensor above rank 4 (GroupNorm lowered on rank 4, the ViT attention is rank 4
+  in the reference), no dimension above 16384 (grids [1, C*2, h, w] out, the flatten to (1, N, C) runs
+  on the host, the global depth minimum reduces over axes instead of a flattened 4.7M axis).
+* Core ML cannot predict on Linux: conversion uses ``skip_model_load=True`` and the checks read the
+  MIL program. Parity on Linux is a labelled torch proxy of the fp16 plan; on a Mac the runner runs it.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sharp_export.artifact import IOSpec, TensorSpec
+from sharp_export.errors import ConversionError, UserInputError
+from sharp_export.progress import echo, heartbeat, rss_gb
+from sharp_export.reference.gaussians import GAUSSIAN_FIELDS
+from sharp_export.reference.model.composer import GRID_CHANNELS
+from sharp_export.runtime.coreml_runner import COMPUTE_UNITS
+from sharp_export.targets import Target, TargetOption, missing_packages, register_target
+
+MODEL_FILE = "model.mlpackage"
+DEPLOYMENT_TARGETS = ("iOS17", "iOS18", "macOS14", "macOS15")
+SPLITS = ("none", "components")
+IOS_WEIGHT_LIMIT_BYTES = 1 << 30  # iOS refuses to load models whose weights exceed ~1 GB
+AUTHOR = "sharp-export (model: Apple ml-sharp)"
+LICENSE_NOTE = (
+    "Weights: the license of the exported checkpoint (Apple's ml-sharp release: its LICENSE_MODEL); "
+    "seeded untrained weights carry no model license. Conversion: sharp-export, Apache-2.0."
+)
+PRECISION_PLAN_NOTE = (
+    "fp16 keeps in fp32: the tail (disparity->depth division and clamps, global depth minimum, reciprocals, "
+    "initializer, composer softplus/log/exp/sigmoid/pow) and GroupNorm statistics (squared deviations "
+    "overflow fp16 above |x-mean| 256; means over up to 9.4M elements). Measured with the torch proxy "
+    "(benchmarks/results/coreml_fp16_proxy.json): tiny golden (perturbed), a tail in fp16 takes the depth error "
+    "from 3.0e-3 to 8.0e-3 (means_rel_depth max) and the colour error from 1.2e-4 to 1.9e-3; full size (seeded, "
+    "untrained) from 1.0e-6 to 1.3e-3 and 1.8e-5 to 1.8e-3. fp16 GroupNorm raises scales_log max 4.1e-3 -> "
+    "4.8e-3 (tiny) and 6.9e-4 -> 9.1e-4 (full). LayerNorm is one MIL op whose fp16 rounding changed nothing "
+    "measurable, so it stays fp16 on the Neural Engine."
+)
+
+
+def check_environment() -> str | None:
+    reason = missing_packages({"coremltools": "coremltools"})
+    if reason is not None:
+        return f"{reason}: pip install 'sharp-export[coreml]'"
+    return None
+
+
+def grid_io_spec(resolution: int, dtype: str = "float32") -> IOSpec:
+    """The Core ML program's I/O: image + disparity_factor in, five rank-4 Gaussian grids out."""
+    side = resolution // 2
+    meanings = {
+        "mean_vectors": "NDC x z means (x*z, y*z, z)",
+        "singular_values": "scales (standard deviations), NDC x z",
+        "quaternions": "rotation wxyz, unnormalised",
+        "colors": "linear RGB in (0, 1)",
+        "opacities": "opacity in (0, 1)",
+    }
+    layout = "; channel = component*2 + layer; flatten on the host: n = layer*h*w + row*w + col"
+    outputs = tuple(
+        TensorSpec(name, (1, 2 * channels, side, side), dtype, meanings[name] + layout)
+        for name, channels in zip(GAUSSIAN_FIELDS, GRID_CHANNELS, strict=True)
+    )
+    inputs = (
+        TensorSpec("image", (1, 3, resolution, resolution), "float32", "RGB, sRGB values in [0, 1], CHW"),
+        TensorSpec("disparity_factor", (1,), "float32", "f_px / original image width (pixels/pixels)"),
+    )
+    return IOSpec(inputs, outputs)
+
+
+@dataclass
+class CoreMLExport:
+    files: list[str]  # produced packages, relative to out_dir
+    io: IOSpec
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def _ct_inputs_outputs(io: IOSpec) -> tuple[list[Any], list[Any]]:
+    import coremltools as ct
+    import numpy as np
+
+    inputs = [ct.TensorType(name=t.name, shape=tuple(t.shape), dtype=np.dtype(t.dtype).type) for t in io.inputs]
+    outputs = [ct.TensorType(name=t.name, dtype=np.dtype(t.dtype).type) for t in io.outputs]
+    return inputs, outputs
+
+
+def _compute_precision(precision: str, pinned: frozenset[str]) -> Any:
+    import coremltools as ct
+
+    from sharp_export.converters.coreml_mil import fp16_op_selector
+
+    if precision == "fp32":
+        return ct.precision.FLOAT32
+    if precision == "fp16":
+        return ct.transform.FP16ComputePrecision(op_selector=fp16_op_selector(pinned))
+    raise UserInputError(f"Core ML cannot export precision '{precision}'", fix="use --precision fp32 or fp16")
+
+
+def set_metadata(mlmodel: Any, io: IOSpec, metadata: dict[str, str], description: str) -> None:
+    """Author, license, version, description, I/O descriptions and sharp-export's key/values."""
+    from sharp_export import __version__
+
+    mlmodel.author = AUTHOR
+    mlmodel.license = LICENSE_NOTE
+    mlmodel.version = __version__
+    mlmodel.short_description = description
+    for spec in io.inputs:
+        mlmodel.input_description[spec.name] = f"{spec.meaning}; {list(spec.shape)} {spec.dtype}"
+    for spec in io.outputs:
+        mlmodel.output_description[spec.name] = f"{spec.meaning}; {list(spec.shape)} {spec.dtype}"
+    for key, value in metadata.items():
+        mlmodel.user_defined_metadata[key] = str(value)
+
+
+def convert_program(
+    program: Any,  # region-tagged torch.export.ExportedProgram (coreml_graph.export_module)
+    io: IOSpec,
+    *,
+    precision: str,
+    deployment_target: str,
+    compute_units: str,
+    pinned: frozenset[str],
+    expect_pinned: bool = True,
+) -> tuple[Any, dict[str, Any]]:
+    """ct.convert with the frontend overrides; runs the MIL checks. Returns (MLModel, check report)."""
+    import coremltools as ct
+
+    from sharp_export.converters.coreml_mil import check_program, frontend_overrides, summarize_mil
+
+    inputs, outputs = _ct_inputs_outputs(io)
+    start = time.perf_counter()
+    try:
+        with frontend_overrides(), heartbeat("ct.convert"):
+            mlmodel = ct.convert(
+                program,
+                convert_to="mlprogram",
+                inputs=inputs,
+                outputs=outputs,
+                minimum_deployment_target=getattr(ct.target, deployment_target),
+                compute_precision=_compute_precision(precision, pinned),
+                compute_units=getattr(ct.ComputeUnit, COMPUTE_UNITS[compute_units]),
+                skip_model_load=True,
+            )
+    except Exception as error:
+        first = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+        raise ConversionError(f"ct.convert failed: {type(error).__name__}: {first}", fix="see export.log") from error
+    seconds = time.perf_counter() - start
+    echo(f"    ct.convert (mlprogram, {deployment_target}, {precision}) {seconds:.1f} s, RSS {rss_gb():.1f} GB")
+    report = check_program(summarize_mil(mlmodel._mil_program), io, precision, pinned, expect_pinned)
+    report["convert_seconds"] = round(seconds, 2)
+    if report["problems"]:
+        raise ConversionError("the converted MIL program fails its checks: " + "; ".join(report["problems"]))
+    echo(f"    MIL checks passed: {report['compute_dtypes']} compute ops, max rank {report['max_rank']}, no inverse")
+    return mlmodel, report
+
+
+def package_weight_bytes(package: Path) -> int:
+    return sum(p.stat().st_size for p in (package / "Data").rglob("*") if p.is_file())
+
+
+@dataclass
+class _Job:
+    """One package to convert: a module returning a tuple, its example inputs and its I/O."""
+
+    name: str  # package file stem
+    module: torch.nn.Module
+    examples: tuple[torch.Tensor, ...]
+    io: IOSpec
+    expect_pinned: bool  # whether the program contains pinned regions (tail or GroupNorm)
+    default_region: str  # region of ops traced outside every module (coreml_graph._region_of)
+
+
+def _jobs(
+    model: torch.nn.Module, image: torch.Tensor, disparity_factor: torch.Tensor, split: str, precision: str
+) -> list[_Job]:
+    from sharp_export.converters.coreml_graph import REGION_TAIL, GridOutputs
+    from sharp_export.converters.coreml_split import PIECES, piece_shapes
+
+    resolution = int(image.shape[-1])
+    grid_io = grid_io_spec(resolution)
+    if split == "none":
+        return [_Job("model", GridOutputs(model), (image, disparity_factor), grid_io, True, REGION_TAIL)]
+    shapes = piece_shapes(model, image, disparity_factor)
+    known = {t.name: t for t in (*grid_io.inputs, *grid_io.outputs)}
+    # Tensors between pieces are fp16 activations in an fp16 program anyway: fp16 I/O loses nothing there.
+    between = "float16" if precision == "fp16" else "float32"
+
+    def spec(name: str) -> TensorSpec:
+        return known.get(name) or TensorSpec(name, shapes[name], between, "activation passed between pieces")
+
+    jobs = []
+    for piece in PIECES:
+        io = IOSpec(tuple(spec(n) for n in piece.inputs), tuple(spec(n) for n in piece.outputs))
+        examples = tuple(
+            image if n == "image" else disparity_factor if n == "disparity_factor" else torch.zeros(shapes[n])
+            for n in piece.inputs
+        )
+        pinned_inside = piece.name == "gaussians"  # the tail and every GroupNorm live in the last piece
+        jobs.append(_Job(piece.name, piece.module(model), examples, io, pinned_inside, piece.default_region))
+    return jobs
+
+
+def _convert_job(
+    job: _Job, out_dir: Path, *, precision: str, deployment_target: str, compute_units: str,
+    pinned: frozenset[str], metadata: dict[str, str], description: str,
+) -> dict[str, Any]:  # fmt: skip
+    """Export, convert, check, tag and save one package; returns its details."""
+    from sharp_export.converters.coreml_graph import export_module
+
+    start = time.perf_counter()
+    with heartbeat(f"torch.export {job.name}"):
+        program, graph_info = export_module(job.module, job.examples, job.default_region)
+    export_s = time.perf_counter() - start
+    echo(f"    torch.export {job.name} {export_s:.1f} s ({graph_info['region_op_counts']} ops by region)")
+    mlmodel, report = convert_program(
+        program, job.io, precision=precision, deployment_target=deployment_target, compute_units=compute_units,
+        pinned=pinned, expect_pinned=job.expect_pinned,
+    )  # fmt: skip
+    # The exported program holds its own graph and weight references; drop it before writing the package.
+    del program
+    gc.collect()
+    set_metadata(mlmodel, job.io, metadata, description)
+    file = f"{job.name}.mlpackage"
+    start = time.perf_counter()
+    with heartbeat(f"save {file}"):
+        mlmodel.save(str(out_dir / file))
+    save_s = time.perf_counter() - start
+    del mlmodel
+    gc.collect()
+    weights = package_weight_bytes(out_dir / file)
+    echo(f"    saved {file} ({weights / 1e9:.2f} GB of weights) in {save_s:.1f} s, RSS {rss_gb():.1f} GB")
+    return {
+        "file": file,
+        "io": job.io.to_dict(),
+        "graph": graph_info,
+        "mil_checks": {k: v for k, v in report.items() if k != "problems"},
+        "export_seconds": round(export_s, 2),
+        "save_seconds": round(save_s, 2),
+        "weights_bytes": weights,
+    }
+
+
+def convert_model(
+    model: torch.nn.Module,  # eval-mode predictor
+    image: torch.Tensor,  # [1, 3, R, R] example
+    disparity_factor: torch.Tensor,  # [1] example
+    out_dir: Path,
+    *,
+    precision: str = "fp32",
+    deployment_target: str = "iOS17",
+    compute_units: str = "all",
+    split: str = "none",
+    metadata: dict[str, str] | None = None,
+) -> CoreMLExport:
+    """Convert the predictor into ``out_dir``: model.mlpackage, or one package per piece. ConversionError on failure."""
+    import coremltools as ct
+
+    from sharp_export.converters.coreml_graph import DEFAULT_PINNED
+
+    if split not in SPLITS:
+        raise UserInputError(f"unknown split '{split}'", fix=f"use --split {'|'.join(SPLITS)}")
+    if deployment_target not in DEPLOYMENT_TARGETS:
+        raise UserInputError(
+            f"unknown deployment target '{deployment_target}'", fix=f"use {'|'.join(DEPLOYMENT_TARGETS)}"
+        )
+    if compute_units not in COMPUTE_UNITS:
+        raise UserInputError(f"unknown compute units '{compute_units}'", fix=f"use {'|'.join(COMPUTE_UNITS)}")
+    pinned = DEFAULT_PINNED if precision == "fp16" else frozenset()
+    resolution = int(image.shape[-1])
+    plan = "fp32 everywhere" if precision == "fp32" else "fp16 except " + ", ".join(sorted(pinned)) + " (fp32)"
+    info = {
+        "sharp_export.precision_plan": plan,
+        "sharp_export.compute_units": compute_units,
+        "sharp_export.deployment_target": deployment_target,
+        "sharp_export.outputs": "rank-4 grids [1, C*2, h, w]; flatten on the host: n = layer*h*w + row*w + col",
+    }
+    pieces = []
+    jobs = _jobs(model, image, disparity_factor, split, precision)
+    for index, job in enumerate(jobs):
+        piece = "" if split == "none" else f" (piece {index + 1}/{len(jobs)}: {job.name}; chain the pieces in order)"
+        description = (
+            f"SHARP (one image -> 3D Gaussians), {precision}, {resolution}x{resolution} input: raw Gaussian grids "
+            f"in NDC x z; unproject with the original intrinsics.{piece}"
+        )
+        meta = {**(metadata or {}), **info, "sharp_export.split": split, "sharp_export.piece": job.name}
+        pieces.append(
+            _convert_job(job, Path(out_dir), precision=precision, deployment_target=deployment_target,
+                         compute_units=compute_units, pinned=pinned, metadata=meta, description=description)
+        )  # fmt: skip
+    largest = max(p["weights_bytes"] for p in pieces)
+    ios = deployment_target.startswith("iOS")
+    if ios and largest > IOS_WEIGHT_LIMIT_BYTES:
+        echo(f"    note: {largest / 1e9:.2f} GB of weights in one package exceed iOS's ~1 GB limit (macOS loads it);"
+             " --split components keeps each piece under it")  # fmt: skip
+    files = [p["file"] for p in pieces]
+    details = {
+        "exporter": f"torch.export (non-strict) + coremltools {ct.__version__} mlprogram, torch {torch.__version__}",
+        "coremltools": ct.__version__,
+        "deployment_target": deployment_target,
+        "compute_units": compute_units,
+        "split": split,
+        "precision_plan": {"pinned_fp32": sorted(pinned), "note": PRECISION_PLAN_NOTE if pinned else "fp32"},
+        "ios_weight_limit_exceeded": bool(ios and largest > IOS_WEIGHT_LIMIT_BYTES),
+        "host_postprocess": "flatten grids [1, C*2, h, w] -> [1, N, C] (coreml_graph.grids_to_gaussians)",
+        "files": files,
+    }
+    if split == "none":
+        details.update({k: v for k, v in pieces[0].items() if k not in ("file", "io")})
+    else:
+        details["pieces"] = pieces
+    return CoreMLExport(files, grid_io_spec(resolution), details)
+
+
+# ---- the target ---------------------------------------------------------------------------------------
+
+
+def validate(request: Any) -> None:
+    options = request.options
+    if options.get("compute_units") == "cpu_and_ne" and request.precision == "fp32":
+        raise UserInputError(
+            "--compute-units cpu_and_ne with fp32: the Neural Engine computes only fp16, so nothing would run on it",
+            fix="add --fp16 (or --precision fp16), or use --compute-units all|cpu_and_gpu|cpu_only",
+        )
+
+
+def convert(ctx: Any) -> Any:
+    """The coreml target's convert(ConvertContext) -> ConvertResult."""
+    from sharp_export.converters.coreml_graph import PROXY_LABEL, format_proxy, proxy_parity
+    from sharp_export.export import ConvertResult
+
+    options = ctx.request.options
+    split = options.get("split", "none")
+    proxy, piece_lines = None, None
+    if ctx.request.precision == "fp16" and ctx.request.parity:
+        start = time.perf_counter()
+        proxy = proxy_parity(ctx.model, ctx.example.image, ctx.example.disparity_factor, ctx.reference)
+        echo(format_proxy(proxy) + f" ({time.perf_counter() - start:.1f} s)")
+        if split == "components":
+            from sharp_export.converters.coreml_split import piece_proxy_parity
+
+            piece_lines = piece_proxy_parity(ctx.model, ctx.example.image, ctx.example.disparity_factor)
+            for name, line in piece_lines.items():
+                worst = max(line.items(), key=lambda item: item[1] if not item[0].endswith("_deg_max") else 0.0)
+                echo(f"    fp16 PROXY piece {name}: worst relative error {worst[1]:.3g} ({worst[0]})")
+    result = convert_model(
+        ctx.model,
+        ctx.example.image,
+        ctx.example.disparity_factor,
+        ctx.workdir,
+        precision=ctx.request.precision,
+        deployment_target=options.get("deployment_target", "iOS17"),
+        compute_units=options.get("compute_units", "all"),
+        split=split,
+        metadata=ctx.metadata,
+    )
+    if proxy is not None:
+        result.details["fp16_proxy"] = proxy
+    for piece in result.details.get("pieces", []) if piece_lines else []:
+        piece["fp16_proxy"] = {"label": PROXY_LABEL, "errors": piece_lines[piece["file"].removesuffix(".mlpackage")]}
+    return ConvertResult(main_file=result.files[0], details=result.details, io=result.io)
+
+
+REFERENCE_FILE = "reference_outputs.npz"
+
+
+def parity_hook(
+    artifact_dir: Path, manifest: Any, example: Any, reference: Any, target: Any, device: str = "cpu"
+) -> dict[str, Any]:
+    """Parity for Core ML: the real runner on macOS; elsewhere 'deferred' with the proxy numbers.
+
+    Either way the example input and the torch outputs are stored in the artifact (``reference_outputs.npz``)
+    so that a Mac can check the very same numbers later.
+    """
+    import sys
+
+    import numpy as np
+
+    arrays = {"image": example.image.numpy(), "disparity_factor": example.disparity_factor.numpy()}
+    arrays.update({name: value.numpy() for name, value in zip(GAUSSIAN_FIELDS, reference, strict=True)})
+    np.savez(Path(artifact_dir) / REFERENCE_FILE, **arrays)
+    if sys.platform == "darwin":
+        from sharp_export.export import default_parity_hook
+
+        summary = default_parity_hook(artifact_dir, manifest, example, reference, target, device)
+        return {**summary, "reference": REFERENCE_FILE}
+    proxy = manifest.conversion.get("fp16_proxy")
+    summary: dict[str, Any] = {
+        "status": "deferred",
+        "reason": "Core ML predicts only on macOS: run `sharp-export parity ARTIFACT --golden ...` on a Mac",
+        "reference": REFERENCE_FILE,
+        "proxy": None if proxy is None else {"label": proxy["label"], "passed": proxy["passed"]},
+    }
+    if proxy is not None and not proxy["passed"]:
+        # The fp16 plan already misses the fp16 tolerances in torch: the device will not do better.
+        summary["status"] = "failed"
+        summary["failures"] = [f"{name} (fp16 proxy)" for name, m in proxy["metrics"].items() if not m["passed"]]
+    return summary
+
+
+def open_runner(artifact_dir: Path, manifest: Any, device: str = "cpu") -> Any:
+    from sharp_export.runtime.coreml_runner import open_coreml_artifact
+
+    return open_coreml_artifact(artifact_dir, manifest, device)
+
+
+def convert_coreml(
+    loaded: Any,  # sharp_export.reference.checkpoint.LoadedModel
+    out_dir: str | Path,
+    precision: str = "fp32",
+    deployment_target: str = "iOS17",
+    compute_units: str = "all",
+    split: str = "none",
+) -> CoreMLExport:
+    """Library entry point without the artifact pipeline: write the package(s) into ``out_dir``."""
+    from sharp_export import __version__
+    from sharp_export.export import example_inputs
+
+    reason = check_environment()
+    if reason is not None:
+        from sharp_export.errors import MissingDependencyError
+
+        raise MissingDependencyError("coremltools", "coreml", "the Core ML export")
+    model = loaded.model.eval()
+    example = example_inputs(int(model.resolution), 1)
+    metadata = {
+        "sharp_export.tool_version": __version__,
+        "sharp_export.preset": loaded.preset,
+        "sharp_export.precision": precision,
+        "sharp_export.checkpoint_sha256": loaded.checkpoint_sha256 or "",
+        "sharp_export.source": loaded.source_label,
+    }
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return convert_model(
+        model, example.image, example.disparity_factor, out, precision=precision, deployment_target=deployment_target,
+        compute_units=compute_units, split=split, metadata=metadata,
+    )  # fmt: skip
+
+
+COREML_TARGET = register_target(
+    Target(
+        name="coreml",
+        suffix=".mlpackage",
+        extra="coreml",
+        description="Core ML mlprogram (.mlpackage) for macOS/iOS, fp16 for the Neural Engine",
+        precisions=("fp32", "fp16"),
+        devices=("cpu",),
+        options=(
+            TargetOption(
+                "deployment_target", str, "iOS17", "minimum OS the package targets", choices=DEPLOYMENT_TARGETS
+            ),
+            TargetOption(
+                "compute_units",
+                str,
+                "all",
+                "Core ML compute units used when the package is run (stored in the manifest)",
+                choices=tuple(COMPUTE_UNITS),
+            ),
+            TargetOption(
+                "split",
+                str,
+                "none",
+                "components: three packages (patch ViT | monodepth | Gaussians), each < 1 GB",
+                choices=SPLITS,
+            ),
+        ),
+        check_environment=check_environment,
+        convert=convert,
+        open_runner=open_runner,
+        validate=validate,
+        parity_hook=parity_hook,
+    )
+)

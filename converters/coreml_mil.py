@@ -1,0 +1,312 @@
+"""coremltools side of the Core ML target: frontend op overrides, the fp16 op selector, MIL checks.
+
+Frontend overrides (active only inside ``frontend_overrides()``, restored afterwards):
+
+* ``reciprocal``: coremltools lowers it to MIL ``inverse``, whose default epsilon makes it 1/(x + 1e-4);
+  in SHARP's initializer/composer that biases depth by up to 1.1 %. Lowered here to ``real_div(1, x)``,
+  the same IEEE division torch computes.
+* ``alias``: torch.export emits it for full-range slices (the SPN's tile merge); coremltools 9.0 has no
+  converter for it. It is an identity.
+* ``group_norm``: coremltools reshapes [N, C, H, W] to rank 5 [N, G, C/G, H, W]; the Neural Engine wants
+  rank <= 4. Lowered here on [N, G, (C/G)*H, W] (12288 x 768 at full size, under the 16384 dimension
+  limit) with the same op sequence and numerics.
+
+Checks (``check_program``) run on an op summary that can come from the in-memory MIL program (with the
+region tag of every op, see coreml_graph.py) or from a saved package's spec (no tags): no ``inverse``,
+fp32 outputs, pinned regions fp32 in fp16 mode, no tensor above rank 4, I/O equal to the manifest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from sharp_export.converters.coreml_graph import region_from_trace
+
+MAX_RANK = 4  # the Neural Engine works on rank-4 tensors; Core ML itself allows 5
+MAX_DIMENSION = 16384  # Core ML / Neural Engine dimension limit
+# Ops that must never compute in fp16 wherever they occur: each sits only in the pinned regions of this
+# model (tail and GroupNorm statistics), so an fp16 one means the precision plan leaked.
+SENSITIVE_OP_TYPES = frozenset(
+    {"inverse", "real_div", "reduce_min", "softplus", "log", "exp", "pow", "sigmoid", "clip", "sqrt", "square"}
+)
+_DTYPES = {10: "fp16", 11: "fp32", 12: "fp64", 13: "bf16", 1: "bool", 21: "int8", 23: "int32", 24: "int64"}
+
+
+# ---- frontend overrides -----------------------------------------------------------------------------
+
+
+def _reciprocal(context: Any, node: Any) -> None:
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.frontend.torch.ops import _get_inputs
+
+    (x,) = _get_inputs(context, node, expected=1)
+    context.add(mb.real_div(x=1.0, y=x, name=node.name))
+
+
+def _alias(context: Any, node: Any) -> None:
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.frontend.torch.ops import _get_inputs
+
+    (x,) = _get_inputs(context, node, expected=1)
+    context.add(mb.identity(x=x, name=node.name))
+
+
+def _group_norm(context: Any, node: Any) -> None:
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.frontend.torch.ops import _get_inputs, _group_norm_impl
+    from coremltools.converters.mil.mil.types.symbolic import any_symbolic
+
+    inputs = _get_inputs(context, node, min_expected=2)
+    x, groups = inputs[0], int(inputs[1].val)
+    weight = inputs[2] if len(inputs) > 2 else None
+    bias = inputs[3] if len(inputs) > 3 else None
+    eps = float(inputs[4].val) if len(inputs) > 4 and inputs[4] is not None else 1e-5
+    if x.rank != 4 or any_symbolic(x.shape) or x.shape[1] % groups:
+        context.add(_group_norm_impl(x, groups, weight, bias, eps), node.name)
+        return
+    n, c, h, w = (int(d) for d in x.shape)
+    grouped = mb.reshape(x=x, shape=[n, groups, (c // groups) * h, w])
+    mean = mb.reduce_mean(x=grouped, axes=[2, 3], keep_dims=True)
+    deviation = mb.sub(x=grouped, y=mean)
+    variance = mb.reduce_mean(x=mb.square(x=deviation), axes=[2, 3], keep_dims=True)
+    std = mb.sqrt(x=mb.add(x=variance, y=eps))
+    out = mb.reshape(x=mb.real_div(x=deviation, y=std), shape=[n, c, h, w])
+    if weight is not None:
+        out = mb.mul(x=out, y=mb.reshape(x=weight, shape=[1, c, 1, 1]))
+    if bias is not None:
+        out = mb.add(x=out, y=mb.reshape(x=bias, shape=[1, c, 1, 1]))
+    context.add(out, node.name)
+
+
+FRONTEND_OVERRIDES: dict[str, Callable[[Any, Any], None]] = {
+    "reciprocal": _reciprocal,
+    "alias": _alias,
+    "group_norm": _group_norm,
+}
+
+
+@contextlib.contextmanager
+def frontend_overrides() -> Iterator[None]:
+    """Install the converters above in coremltools' torch registry; restore the originals on exit."""
+    from coremltools.converters.mil.frontend.torch.torch_op_registry import _TORCH_OPS_REGISTRY
+
+    table = _TORCH_OPS_REGISTRY.name_to_func_mapping
+    saved = {name: table.get(name) for name in FRONTEND_OVERRIDES}
+    table.update(FRONTEND_OVERRIDES)
+    try:
+        yield
+    finally:
+        for name, original in saved.items():
+            if original is None:
+                table.pop(name, None)
+            else:
+                table[name] = original
+
+
+# ---- precision plan ---------------------------------------------------------------------------------
+
+
+def op_region(op: Any) -> str | None:
+    """Region tag of an in-memory MIL op (from its EXIR stack-trace scope), None if untagged."""
+    from coremltools.converters.mil.mil.scope import ScopeSource
+
+    scopes = getattr(op, "scopes", None) or {}
+    return region_from_trace(scopes.get(ScopeSource.EXIR_STACK_TRACE, []))
+
+
+def fp16_op_selector(pinned: Iterable[str]) -> Callable[[Any], bool]:
+    """For ct.transform.FP16ComputePrecision: True (compute in fp16) unless the op is in a pinned region.
+
+    An op that no frontend node produced (no tag) is one a MIL pass created; it is kept fp32 only if its
+    type is sensitive, which keeps an untagged reciprocal or log out of fp16 either way.
+    """
+    pinned = frozenset(pinned)
+
+    def select(op: Any) -> bool:
+        region = op_region(op)
+        if region is None:
+            return op.op_type not in SENSITIVE_OP_TYPES
+        return region not in pinned
+
+    return select
+
+
+# ---- op summaries -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    dtype: str  # "fp32", "fp16", "int32", ...
+    shape: tuple[int | str, ...]
+
+
+@dataclass(frozen=True)
+class OpInfo:
+    name: str  # name of its first output
+    op_type: str
+    outputs: tuple[TensorInfo, ...]
+    region: str | None = None  # only from an in-memory program
+
+
+@dataclass
+class ProgramSummary:
+    ops: list[OpInfo]
+    inputs: tuple[TensorInfo, ...]
+    outputs: tuple[TensorInfo, ...]
+    has_regions: bool
+    notes: list[str] = field(default_factory=list)
+
+    def op_counts(self) -> dict[str, int]:
+        return dict(Counter(op.op_type for op in self.ops).most_common())
+
+    def dtype_counts(self) -> dict[str, int]:
+        """Compute ops by the dtype of their first float output (consts and casts excluded)."""
+        counts: Counter = Counter()
+        for op in self.ops:
+            floats = [t.dtype for t in op.outputs if t.dtype in ("fp16", "fp32")]
+            if op.op_type not in ("const", "cast") and floats:
+                counts[floats[0]] += 1
+        return dict(counts)
+
+
+def summarize_mil(program: Any) -> ProgramSummary:
+    """Summary of an in-memory MIL program (``mlmodel._mil_program``), with region tags."""
+    from coremltools.converters.mil.mil import types
+
+    def tensor(var: Any) -> TensorInfo:
+        dtype = types.builtin_to_string(var.dtype) if var.dtype is not None else "?"
+        shape = tuple(int(d) if isinstance(d, int) or hasattr(d, "__index__") else str(d) for d in (var.shape or ()))
+        return TensorInfo(var.name, dtype, shape)
+
+    function = program.functions["main"]
+    ops: list[OpInfo] = []
+
+    def walk(block: Any) -> None:
+        for op in block.operations:
+            ops.append(OpInfo(op.outputs[0].name if op.outputs else op.name, op.op_type,
+                              tuple(tensor(v) for v in op.outputs), op_region(op)))  # fmt: skip
+            for inner in op.blocks:
+                walk(inner)
+
+    walk(function)
+    return ProgramSummary(ops, tuple(tensor(v) for v in function.inputs.values()),
+                          tuple(tensor(v) for v in function.outputs), has_regions=True)  # fmt: skip
+
+
+def summarize_spec(spec: Any) -> ProgramSummary:
+    """Summary of a saved package's protobuf spec (``MLModel(..., skip_model_load=True).get_spec()``)."""
+    function = spec.mlProgram.functions["main"]
+    block = function.block_specializations[function.opset]
+
+    def tensor(named: Any) -> TensorInfo:
+        t = named.type.tensorType
+        shape = tuple(int(d.constant.size) if d.HasField("constant") else "?" for d in t.dimensions)
+        return TensorInfo(named.name, _DTYPES.get(int(t.dataType), str(t.dataType)), shape)
+
+    ops: list[OpInfo] = []
+
+    def walk(b: Any) -> None:
+        for op in b.operations:
+            outputs = tuple(tensor(o) for o in op.outputs)
+            ops.append(OpInfo(outputs[0].name if outputs else op.type, op.type, outputs))
+            for inner in op.blocks:
+                walk(inner)
+
+    walk(block)
+    by_name = {o.name: o for op in ops for o in op.outputs}
+    inputs = tuple(tensor(i) for i in function.inputs)
+    outputs = tuple(by_name.get(name, TensorInfo(name, "?", ())) for name in block.outputs)
+    return ProgramSummary(ops, inputs, outputs, has_regions=False)
+
+
+# ---- checks -----------------------------------------------------------------------------------------
+
+
+def find_inverse_ops(summary: ProgramSummary) -> list[str]:
+    return [op.name for op in summary.ops if op.op_type == "inverse"]
+
+
+def find_high_rank(summary: ProgramSummary, max_rank: int = MAX_RANK) -> list[str]:
+    """'name (type): shape' of every op output above ``max_rank`` (consts included)."""
+    return [f"{op.name} ({op.op_type}): {t.shape}" for op in summary.ops for t in op.outputs if len(t.shape) > max_rank]
+
+
+def find_large_dimensions(summary: ProgramSummary, limit: int = MAX_DIMENSION) -> list[str]:
+    """Tensors with a dimension above ``limit`` (consts excluded: weights are not activations)."""
+    return [f"{op.name} ({op.op_type}): {t.shape}" for op in summary.ops if op.op_type != "const"
+            for t in op.outputs if any(isinstance(d, int) and d > limit for d in t.shape)]  # fmt: skip
+
+
+def find_precision_leaks(summary: ProgramSummary, pinned: Iterable[str]) -> list[str]:
+    """In an fp16 program: float outputs that are fp16 although their op is pinned (or a sensitive type)."""
+    pinned = frozenset(pinned)
+    leaks = []
+    for op in summary.ops:
+        must_be_fp32 = op.op_type in SENSITIVE_OP_TYPES or (op.region is not None and op.region in pinned)
+        if must_be_fp32 and op.op_type not in ("const", "cast"):
+            leaks += [f"{op.name} ({op.op_type}, region {op.region})" for t in op.outputs if t.dtype == "fp16"]
+    return leaks
+
+
+def _shape_matches(found: tuple[int | str, ...], wanted: tuple[int | str, ...]) -> bool:
+    return len(found) == len(wanted) and all(isinstance(w, str) or w == f for f, w in zip(found, wanted, strict=True))
+
+
+_NUMPY_TO_MIL = {"float32": "fp32", "float16": "fp16"}
+
+
+def io_mismatches(summary: ProgramSummary, io: Any) -> list[str]:
+    """Differences between the program's I/O and an IOSpec (names, order, shapes, dtypes)."""
+    problems = []
+    for kind, found, wanted in (("input", summary.inputs, io.inputs), ("output", summary.outputs, io.outputs)):
+        if [t.name for t in found] != [t.name for t in wanted]:
+            problems.append(f"{kind}s are {[t.name for t in found]}, expected {[t.name for t in wanted]}")
+            continue
+        for tensor, spec in zip(found, wanted, strict=True):
+            if not _shape_matches(tensor.shape, tuple(spec.shape)):
+                problems.append(f"{kind} '{tensor.name}' has shape {tensor.shape}, expected {tuple(spec.shape)}")
+            wanted_dtype = _NUMPY_TO_MIL.get(spec.dtype, spec.dtype)
+            if tensor.dtype != wanted_dtype:
+                problems.append(f"{kind} '{tensor.name}' is {tensor.dtype}, expected {wanted_dtype}")
+    return problems
+
+
+def check_program(
+    summary: ProgramSummary, io: Any, precision: str, pinned: Iterable[str], expect_pinned: bool = True
+) -> dict[str, Any]:
+    """All MIL checks; returns a report dict with a ``problems`` list (empty when everything holds).
+
+    ``expect_pinned``: the program contains pinned regions (False for split pieces without tail/GroupNorm).
+    """
+    pinned = frozenset(pinned)
+    problems: list[str] = []
+    if inverse := find_inverse_ops(summary):
+        problems.append(f"{len(inverse)} MIL 'inverse' ops (1/(x+1e-4), not an exact reciprocal): {inverse[:5]}")
+    if high := find_high_rank(summary):
+        problems.append(f"{len(high)} tensors above rank {MAX_RANK}: {high[:5]}")
+    if large := find_large_dimensions(summary):
+        problems.append(f"{len(large)} tensors with a dimension above {MAX_DIMENSION}: {large[:5]}")
+    problems += io_mismatches(summary, io)
+    dtypes = summary.dtype_counts()
+    pinned_fp32 = sum(1 for op in summary.ops if op.region in pinned and op.op_type not in ("const", "cast"))
+    if precision == "fp16":
+        if leaks := find_precision_leaks(summary, pinned):
+            problems.append(f"{len(leaks)} pinned ops compute in fp16: {leaks[:5]}")
+        if dtypes.get("fp16", 0) == 0:
+            problems.append("fp16 export has no fp16 ops")
+        if summary.has_regions and expect_pinned and pinned_fp32 == 0:
+            problems.append("fp16 export has no pinned fp32 ops")
+    elif dtypes.get("fp16", 0):
+        problems.append(f"fp32 export has {dtypes['fp16']} fp16 ops")
+    return {
+        "problems": problems,
+        "op_counts": summary.op_counts(),
+        "compute_dtypes": dtypes,
+        "pinned_fp32_ops": pinned_fp32 if summary.has_regions else None,
+        "max_rank": max((len(t.shape) for op in summary.ops for t in op.outputs), default=0),
+    }

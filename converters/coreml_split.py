@@ -1,0 +1,253 @@
+"""``--split components``: three Core ML packages whose weights each stay under iOS's ~1 GB limit.
+
+The fp16 full model is 1.31 GB of weights; the monodepth network alone is 692M parameters (1.39 GB), so
+the cut goes through the SPN encoder, between its two ViTs (as ml-stable-diffusion chunks its UNet):
+
+==================  ==========================================================  ======================
+piece               what                                                        fp16 package (full)
+==================  ==========================================================  ======================
+patch_encoder       pyramid + tiles -> patch ViT -> merged token maps           0.607 GB (measured)
+monodepth           image ViT, SPN upsamplers, monodepth decoder + head         0.685 GB (measured)
+gaussians           Gaussian decoder, prediction head, initializer, composer    0.015 GB (measured)
+==================  ==========================================================  ======================
+
+(The ViTs' unused 22M-parameter classifier heads are not traced, so they are not in the packages.)
+
+The pieces mirror ``SlidingPyramidNetwork.forward`` / ``RGBGaussianPredictor.forward_grids`` step by
+step; a test pins that chaining them equals ``forward_grids`` bit for bit, so a change in the reference
+model cannot silently diverge from the split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sharp_export.converters.coreml_graph import REGION_NETWORK, REGION_TAIL, Fp16Rounding, rounding
+from sharp_export.reference.model.composer import GaussianGrids
+from sharp_export.reference.model.encoder import merge_tiles, split_tiles, tile_offsets
+from sharp_export.reference.model.predictor import DISPARITY_MAX, DISPARITY_MIN
+from sharp_export.reference.model.vit import tokens_to_map
+
+PATCH_MAPS = ("latent0", "latent1", "x0_features", "x1_features", "x2_features")
+ENCODINGS = tuple(f"encoding{i}" for i in range(5))
+
+
+def _spn(predictor: nn.Module) -> nn.Module:
+    return predictor.monodepth_model.monodepth_predictor.encoder
+
+
+class PatchEncoderPiece(nn.Module):
+    """image [1, 3, R, R] -> the patch ViT's merged maps (PATCH_MAPS), each [1, 1024, g, g] at full size."""
+
+    def __init__(self, predictor: nn.Module):
+        super().__init__()
+        self.predictor = predictor
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:  # image: [B, 3, R, R] in [0, 1]
+        spn = _spn(self.predictor)
+        p = spn.params
+        x = 2.0 * image - 1.0  # the monodepth normaliser
+        batch, patch = x.shape[0], p.vit.img_size
+        overlap0, overlap1 = (0.25, 0.5) if p.use_patch_overlap else (0.0, 0.0)
+        padding = 3 if p.use_patch_overlap else 0
+        x1 = F.interpolate(x, scale_factor=0.5, mode="bilinear", align_corners=False)
+        x2 = F.interpolate(x, scale_factor=0.25, mode="bilinear", align_corners=False)
+        tiles0, tiles1 = split_tiles(x, patch, overlap0), split_tiles(x1, patch, overlap1)
+        n0, n1 = tiles0.shape[0], tiles1.shape[0]
+        steps0 = len(tile_offsets(x.shape[-1], patch, overlap0))
+        steps1 = len(tile_offsets(x1.shape[-1], patch, overlap1))
+        features, hooked = spn.patch_encoder(torch.cat([tiles0, tiles1, x2], dim=0))
+        grid = p.vit.grid
+        latent0 = merge_tiles(tokens_to_map(hooked[p.hook_block_ids[0]][:n0], grid), batch, steps0, padding)
+        latent1 = merge_tiles(tokens_to_map(hooked[p.hook_block_ids[1]][:n0], grid), batch, steps0, padding)
+        x0_features = merge_tiles(features[:n0], batch, steps0, padding)
+        x1_features = merge_tiles(features[n0 : n0 + n1], batch, steps1, 2 * padding)
+        return latent0, latent1, x0_features, x1_features, features[n0 + n1 :]
+
+
+class MonodepthPiece(nn.Module):
+    """image + PATCH_MAPS -> disparity [1, 2, R, R] and the five SPN encodings (ENCODINGS)."""
+
+    def __init__(self, predictor: nn.Module):
+        super().__init__()
+        self.predictor = predictor
+
+    def forward(
+        self,
+        image: torch.Tensor,  # [B, 3, R, R] in [0, 1]
+        latent0: torch.Tensor,  # [B, C, g0, g0] (the PATCH_MAPS, in order)
+        latent1: torch.Tensor,
+        x0_features: torch.Tensor,
+        x1_features: torch.Tensor,
+        x2_features: torch.Tensor,
+    ) -> tuple[torch.Tensor, ...]:
+        net = self.predictor.monodepth_model.monodepth_predictor
+        spn = net.encoder
+        x2 = F.interpolate(2.0 * image - 1.0, scale_factor=0.25, mode="bilinear", align_corners=False)
+        lowres_features, _ = spn.image_encoder(x2)
+        lowres = torch.cat([spn.upsample2(x2_features), spn.upsample_lowres(lowres_features)], dim=1)
+        encodings = [
+            spn.upsample_latent0(latent0),
+            spn.upsample_latent1(latent1),
+            spn.upsample0(x0_features),
+            spn.upsample1(x1_features),
+            spn.fuse_lowres(lowres),
+        ]
+        return (net.head(net.decoder(encodings)), *encodings)
+
+
+class GaussiansPiece(nn.Module):
+    """image, disparity_factor, disparity, ENCODINGS -> the five grids (Gaussian decoder + tail)."""
+
+    def __init__(self, predictor: nn.Module):
+        super().__init__()
+        self.predictor = predictor
+
+    def forward(
+        self,
+        image: torch.Tensor,  # [B, 3, R, R] in [0, 1]
+        disparity_factor: torch.Tensor,  # [B]
+        disparity: torch.Tensor,  # [B, 2, R, R]
+        encoding0: torch.Tensor,  # [B, C_i, H_i, W_i], finest first (ENCODINGS)
+        encoding1: torch.Tensor,
+        encoding2: torch.Tensor,
+        encoding3: torch.Tensor,
+        encoding4: torch.Tensor,
+    ) -> tuple[torch.Tensor, ...]:
+        encodings = [encoding0, encoding1, encoding2, encoding3, encoding4]
+        return tuple(gaussians_forward(self.predictor, image, disparity_factor, disparity, encodings))
+
+
+def gaussians_forward(
+    model: nn.Module,
+    image: torch.Tensor,  # [B, 3, R, R]
+    disparity_factor: torch.Tensor,  # [B]
+    disparity: torch.Tensor,  # [B, 2, R, R]
+    encodings: list[torch.Tensor],  # five [B, C_i, H_i, W_i], finest first
+    mode: Fp16Rounding | None = None,  # the fp16 proxy's rounding mode; None when exporting
+) -> GaussianGrids:
+    """forward_grids from the disparity on; with ``mode`` the tail runs unrounded (pinned fp32)."""
+    with rounding(mode, False):
+        depth = disparity_factor[:, None, None, None] / disparity.clamp(DISPARITY_MIN, DISPARITY_MAX)
+        init = model.init_model(image, depth)
+    with rounding(mode, True):
+        # The clone is where the proxy rounds the fp32 decoder input, as Core ML casts it for fp16 ops.
+        feature_input = init.feature_input if mode is None else init.feature_input.clone()
+        delta = model.prediction_head(model.feature_model(feature_input, encodings))
+    with rounding(mode, False):
+        return model.gaussian_composer(delta, init.base, init.global_scale)
+
+
+@dataclass(frozen=True)
+class Piece:
+    name: str  # package file stem
+    module: type[nn.Module]
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    # Region of the ops the wrapper runs outside any module: the SPN's pyramid, tiling and merging are
+    # network (fp16); the Gaussians piece's disparity -> depth division is the tail (fp32).
+    default_region: str
+
+
+PIECES = (
+    Piece("patch_encoder", PatchEncoderPiece, ("image",), PATCH_MAPS, REGION_NETWORK),
+    Piece("monodepth", MonodepthPiece, ("image", *PATCH_MAPS), ("disparity", *ENCODINGS), REGION_NETWORK),
+    Piece(
+        "gaussians",
+        GaussiansPiece,
+        ("image", "disparity_factor", "disparity", *ENCODINGS),
+        ("mean_vectors", "singular_values", "quaternions", "colors", "opacities"),
+        REGION_TAIL,
+    ),
+)
+
+
+def chain_values(
+    predictor: nn.Module,
+    image: torch.Tensor,  # [B, 3, R, R]
+    disparity_factor: torch.Tensor,  # [B]
+) -> dict[str, torch.Tensor]:
+    """Eager fp32 chain of the three pieces: every named tensor (inputs, activations between pieces, grids).
+
+    Tensors are passed on unchanged: the merged token maps come out with channels-last strides, and
+    torch's conv rounds differently on a contiguous copy (~1e-7 relative), which would hide a real
+    divergence from ``forward_grids`` in the bit-exact test.
+    """
+    values: dict[str, torch.Tensor] = {"image": image, "disparity_factor": disparity_factor}
+    with torch.no_grad():
+        for piece in PIECES:
+            outputs = piece.module(predictor)(*(values[name] for name in piece.inputs))
+            values.update(zip(piece.outputs, outputs, strict=True))
+    return values
+
+
+def run_pieces(
+    predictor: nn.Module,
+    image: torch.Tensor,  # [B, 3, R, R]
+    disparity_factor: torch.Tensor,  # [B]
+) -> tuple[GaussianGrids, dict[str, dict[str, torch.Tensor]]]:
+    """The chain's grids and every piece's inputs (contiguous: the example inputs to export)."""
+    values = chain_values(predictor, image, disparity_factor)
+    piece_inputs = {p.name: {n: values[n].contiguous() for n in p.inputs} for p in PIECES}
+    return GaussianGrids(*(values[name] for name in PIECES[-1].outputs)), piece_inputs
+
+
+def piece_proxy_parity(
+    predictor: nn.Module,
+    image: torch.Tensor,  # [1, 3, R, R]
+    disparity_factor: torch.Tensor,  # [1]
+) -> dict[str, dict[str, float]]:
+    """One parity line per piece: the fp16 proxy of that piece alone, fed the fp32 chain's inputs.
+
+    Returns {piece: {output: max|fp16 - fp32| / max|fp32|}}; the Gaussians piece also gets the parity
+    comparator's depth / scale / colour errors. Inputs that travel as fp16 between pieces are rounded.
+    """
+    from sharp_export.converters.coreml_graph import DEFAULT_PINNED, fp16_copy
+    from sharp_export.parity.compare import compare_gaussians
+    from sharp_export.reference.model.composer import flatten_grids
+
+    reference = chain_values(predictor, image, disparity_factor)
+    mode = Fp16Rounding()
+    simulated = fp16_copy(predictor, DEFAULT_PINNED, mode)
+    lines: dict[str, dict[str, float]] = {}
+    with torch.no_grad(), mode:
+        for piece in PIECES:
+            inputs = [reference[name] for name in piece.inputs]
+            if piece.name == "gaussians":
+                with rounding(mode, False):  # fp16 I/O between pieces: the disparity and encodings arrive rounded
+                    encodings = [t.half().float() for t in inputs[3:]]
+                    disparity = inputs[2].half().float()
+                outputs = tuple(gaussians_forward(simulated, inputs[0], inputs[1], disparity, encodings, mode))
+            else:
+                with rounding(mode, True):
+                    outputs = piece.module(simulated)(*(t.clone() for t in inputs))
+            line = {}
+            for name, value in zip(piece.outputs, outputs, strict=True):
+                scale = float(reference[name].abs().max()) or 1.0
+                line[name] = float((value.float() - reference[name]).abs().max()) / scale
+            if piece.name == "gaussians":
+                grids = GaussianGrids(*(reference[name] for name in piece.outputs))
+                results = compare_gaussians(flatten_grids(grids), flatten_grids(GaussianGrids(*outputs)), None)
+                line.update({f"{r.metric}_max": r.max for r in results if r.metric != "means_abs"})
+            lines[piece.name] = line
+    return lines
+
+
+def piece_shapes(
+    predictor: nn.Module,
+    image: torch.Tensor,  # [B, 3, R, R]
+    disparity_factor: torch.Tensor,  # [B]
+) -> dict[str, tuple[int, ...]]:
+    """Shapes of every named tensor of the chain, traced with fake tensors (no full-size compute)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode(allow_non_fake_inputs=True), torch.no_grad():
+        values = {"image": torch.empty(image.shape), "disparity_factor": torch.empty(disparity_factor.shape)}
+        for piece in PIECES:
+            outputs = piece.module(predictor)(*(values[name] for name in piece.inputs))
+            values.update(zip(piece.outputs, outputs, strict=True))
+        return {name: tuple(int(d) for d in value.shape) for name, value in values.items()}

@@ -1,0 +1,53 @@
+"""The Core ML parity hook off macOS: stores the reference, defers to a Mac, fails on a failing fp16 proxy."""
+
+from __future__ import annotations
+
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from sharp_export.converters.coreml import REFERENCE_FILE, parity_hook
+from sharp_export.export import ExampleInputs
+from sharp_export.reference.gaussians import Gaussians3D
+
+pytestmark = pytest.mark.skipif(sys.platform == "darwin", reason="on macOS the hook runs the real runner")
+
+
+def _inputs() -> tuple[ExampleInputs, Gaussians3D]:
+    example = ExampleInputs(torch.rand(1, 3, 8, 8), torch.ones(1))
+    reference = Gaussians3D(torch.rand(1, 32, 3), torch.rand(1, 32, 3), torch.rand(1, 32, 4), torch.rand(1, 32, 3),
+                            torch.rand(1, 32))  # fmt: skip
+    return example, reference
+
+
+def _proxy(passed: bool) -> dict:
+    metrics = {"means_rel_depth": {"passed": passed}, "colors_abs": {"passed": True}}
+    return {"label": "PROXY: test", "passed": passed, "metrics": metrics}
+
+
+def test_deferred_with_reference_bundle(tmp_path):
+    example, reference = _inputs()
+    manifest = SimpleNamespace(conversion={"fp16_proxy": _proxy(True)})
+    summary = parity_hook(tmp_path, manifest, example, reference, None)
+    assert summary["status"] == "deferred" and "macOS" in summary["reason"]
+    assert summary["proxy"]["passed"] is True
+    stored = np.load(tmp_path / REFERENCE_FILE)
+    np.testing.assert_array_equal(stored["mean_vectors"], reference.mean_vectors.numpy())
+    np.testing.assert_array_equal(stored["image"], example.image.numpy())
+
+
+def test_failing_fp16_proxy_fails_parity(tmp_path):
+    example, reference = _inputs()
+    manifest = SimpleNamespace(conversion={"fp16_proxy": _proxy(False)})
+    summary = parity_hook(tmp_path, manifest, example, reference, None)
+    assert summary["status"] == "failed"
+    assert summary["failures"] == ["means_rel_depth (fp16 proxy)"]
+
+
+def test_fp32_has_no_proxy(tmp_path):
+    example, reference = _inputs()
+    summary = parity_hook(tmp_path, SimpleNamespace(conversion={}), example, reference, None)
+    assert summary["status"] == "deferred" and summary["proxy"] is None
