@@ -1,0 +1,203 @@
+"""The parity harness: an artifact against the reference model (or a golden bundle), on real photos.
+
+For each image: the same preprocessing feeds the artifact's runner and the reference; raw Gaussians are
+compared attribute by attribute; both scenes are unprojected and rendered at fixed poses of the reference's
+rotate_forward trajectory and compared with PSNR / SSIM / LPIPS. A golden bundle stores the inputs, the
+reference Gaussians and the reference renders, so a Mac can check a Core ML artifact without weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sharp_export.errors import UserInputError
+from sharp_export.parity.compare import compare_gaussians
+from sharp_export.parity.report import ParityReport
+from sharp_export.parity.views import DEFAULT_POSES, compare_renders, render_views
+from sharp_export.progress import echo
+from sharp_export.reference.gaussians import GAUSSIAN_FIELDS, Gaussians3D, SceneMeta, unproject_gaussians
+from sharp_export.reference.preprocess import load_image, prepare_input
+
+GOLDEN_INDEX = "golden.json"
+GOLDEN_ARRAYS = "golden.npz"
+GOLDEN_SCHEMA = 1
+DEFAULT_SAMPLES = ("coffee", "chelsea")  # real photos from scikit-image; two keep a full-size run near 10 min
+
+# (image [1, 3, R, R], disparity_factor [1]) -> raw Gaussians
+InferFn = Callable[[torch.Tensor, torch.Tensor], Gaussians3D]
+
+
+@dataclasses.dataclass
+class ParityInput:
+    name: str  # image file stem, used to label every line of the report
+    image: torch.Tensor  # [1, 3, R, R] float32 in [0, 1]
+    disparity_factor: torch.Tensor  # [1]
+    meta: SceneMeta
+
+
+def default_image_paths() -> list[Path]:
+    from sharp_export.samples import sample_image_path
+
+    return [sample_image_path(name) for name in DEFAULT_SAMPLES]
+
+
+def load_inputs(paths: Sequence[Path], resolution: int) -> list[ParityInput]:
+    inputs = []
+    for path in paths:
+        image = load_image(path)
+        tensor, factor = prepare_input(image, resolution)
+        inputs.append(ParityInput(Path(path).stem, tensor, factor, SceneMeta(image.f_px, image.width, image.height)))
+    return inputs
+
+
+def _as_torch(gaussians: Any) -> Gaussians3D:
+    return Gaussians3D(*(torch.as_tensor(np.asarray(t), dtype=torch.float32) for t in gaussians))
+
+
+def _label(results: list, name: str, field: str) -> list:
+    return [dataclasses.replace(r, **{field: f"{name}:{getattr(r, field)}"}) for r in results]
+
+
+def compare_scene(
+    item: ParityInput,
+    reference: Gaussians3D,  # raw reference outputs [1, N, C]
+    candidate: Gaussians3D,  # raw candidate outputs [1, N, C]
+    tolerances: dict,
+    poses: Sequence[str],
+    lpips_model: Any,
+    resolution: int,
+    reference_views: list | None = None,  # precomputed (golden bundle) renders of the reference
+) -> tuple[list, list]:
+    """Attribute lines and view lines for one image, labelled with its name."""
+    attributes = compare_gaussians(reference, candidate, tolerances, space="raw")
+    views: list = []
+    if poses:
+        ref_scene = unproject_gaussians(_as_torch(reference), item.meta, resolution)
+        cand_scene = unproject_gaussians(_as_torch(candidate), item.meta, resolution)
+        if reference_views is None:
+            reference_views = render_views(ref_scene, item.meta, poses)
+        candidate_views = render_views(cand_scene, item.meta, poses, trajectory_from=ref_scene)
+        views = compare_renders(reference_views, candidate_views, lpips_model, tolerances)
+    return _label(attributes, item.name, "attribute"), _label(views, item.name, "view")
+
+
+def run_parity(
+    candidate: InferFn,
+    reference: InferFn,
+    inputs: Sequence[ParityInput],
+    tolerances: dict,
+    poses: Sequence[str] = DEFAULT_POSES,
+    lpips_model: Any = None,
+    resolution: int = 1536,
+    meta: dict | None = None,
+) -> ParityReport:
+    report = ParityReport(meta=dict(meta or {}))
+    for index, item in enumerate(inputs, start=1):
+        echo(f"[{index}/{len(inputs)}] {item.name}: artifact, reference, {len(poses)} views ...")
+        cand = candidate(item.image, item.disparity_factor)
+        ref = reference(item.image, item.disparity_factor)
+        attributes, views = compare_scene(item, ref, cand, tolerances, poses, lpips_model, resolution)
+        report.attributes += attributes
+        report.views += views
+    return report
+
+
+def write_golden(
+    directory: Path,
+    reference: InferFn,
+    inputs: Sequence[ParityInput],
+    poses: Sequence[str],
+    resolution: int,
+    source: dict,
+) -> Path:
+    """Save inputs, reference Gaussians and reference renders (atomically) for checks without weights."""
+    from sharp_export.artifact import atomic_directory
+
+    arrays: dict[str, np.ndarray] = {}
+    images = []
+    for item in inputs:
+        echo(f"golden: {item.name} ...")
+        raw = reference(item.image, item.disparity_factor)
+        arrays[f"{item.name}/image"] = item.image.numpy()
+        arrays[f"{item.name}/disparity_factor"] = item.disparity_factor.numpy()
+        for field, value in zip(GAUSSIAN_FIELDS, raw, strict=True):
+            arrays[f"{item.name}/{field}"] = np.asarray(value, dtype=np.float32)
+        scene = unproject_gaussians(_as_torch(raw), item.meta, resolution)
+        for pose, render in render_views(scene, item.meta, poses):
+            for part in ("color", "depth", "alpha"):
+                arrays[f"{item.name}/render/{pose}/{part}"] = getattr(render, part).numpy()
+        images.append({"name": item.name, **dataclasses.asdict(item.meta)})
+    index = {
+        "schema_version": GOLDEN_SCHEMA,
+        "resolution": resolution,
+        "poses": list(poses),
+        "images": images,
+        "source": source,
+    }
+    with atomic_directory(directory.absolute(), force=False) as work:
+        np.savez(work / GOLDEN_ARRAYS, **arrays)
+        (work / GOLDEN_INDEX).write_text(json.dumps(index, indent=2) + "\n")
+    return directory
+
+
+def read_golden(directory: Path) -> tuple[dict, dict[str, np.ndarray]]:
+    index_path = directory / GOLDEN_INDEX
+    if not index_path.is_file():
+        raise UserInputError(
+            f"not a golden bundle (no {GOLDEN_INDEX})", path=directory, fix="make one with `parity --write-golden DIR`"
+        )
+    index = json.loads(index_path.read_text())
+    if index.get("schema_version") != GOLDEN_SCHEMA:
+        raise UserInputError(f"golden bundle schema {index.get('schema_version')}, expected {GOLDEN_SCHEMA}")
+    with np.load(directory / GOLDEN_ARRAYS) as data:
+        arrays = {key: data[key] for key in data.files}
+    return index, arrays
+
+
+def check_golden(
+    directory: Path,
+    candidate: InferFn,
+    tolerances: dict,
+    lpips_model: Any = None,
+    meta: dict | None = None,
+    max_poses: int | None = None,
+) -> ParityReport:
+    """An artifact against a golden bundle: no reference weights or reference model needed."""
+    from sharp_export.reference.render import RenderOutput
+
+    index, arrays = read_golden(directory)
+    poses = index["poses"][:max_poses] if max_poses is not None else index["poses"]
+    report = ParityReport(meta={**(meta or {}), "golden": str(directory), "golden_source": index["source"]})
+    for number, image in enumerate(index["images"], start=1):
+        name = image["name"]
+        echo(f"[{number}/{len(index['images'])}] {name}: artifact vs golden, {len(poses)} views ...")
+        item = ParityInput(
+            name,
+            torch.from_numpy(arrays[f"{name}/image"]),
+            torch.from_numpy(arrays[f"{name}/disparity_factor"]),
+            SceneMeta(image["f_px"], image["width"], image["height"]),
+        )
+        reference = Gaussians3D(*(torch.from_numpy(arrays[f"{name}/{f}"]) for f in GAUSSIAN_FIELDS))
+        views = [
+            (
+                pose,
+                RenderOutput(
+                    *(torch.from_numpy(arrays[f"{name}/render/{pose}/{p}"]) for p in ("color", "depth", "alpha"))
+                ),
+            )
+            for pose in poses
+        ]
+        cand = candidate(item.image, item.disparity_factor)
+        attributes, view_results = compare_scene(
+            item, reference, cand, tolerances, poses, lpips_model, index["resolution"], reference_views=views
+        )
+        report.attributes += attributes
+        report.views += view_results
+    return report
