@@ -6,7 +6,8 @@ from collections.abc import Callable
 
 import click
 
-from sharp_export.reference.model.params import PRESETS
+# Kept literal so `--help` does not import torch; tests/test_cli_basics.py checks it equals the PRESETS table.
+PRESET_NAMES = ("sharp", "tiny")
 
 
 def model_options(function: Callable) -> Callable:
@@ -14,7 +15,7 @@ def model_options(function: Callable) -> Callable:
     decorators = [
         click.option(
             "--preset",
-            type=click.Choice(sorted(PRESETS)),
+            type=click.Choice(PRESET_NAMES),
             default="sharp",
             show_default=True,
             help="Architecture: 'sharp' is the published model, 'tiny' the small test configuration.",
@@ -36,3 +37,18 @@ def model_options(function: Callable) -> Callable:
     for decorator in reversed(decorators):
         function = decorator(function)
     return function
+
+
+def ply_format_options(function: Callable) -> Callable:
+    """--format official|viewer|splat and --y-up, for every command that writes scenes."""
+    function = click.option(
+        "--y-up", is_flag=True, help="Rotate 180 degrees about x for y-up viewers (viewer/splat formats)."
+    )(function)
+    return click.option(
+        "--format",
+        "ply_format",
+        type=click.Choice(["official", "viewer", "splat"]),
+        default="official",
+        show_default=True,
+        help="official: ml-sharp's PLY; viewer: vertex-only PLY for 3DGS viewers; splat: .splat for WebGL viewers.",
+    )(function)

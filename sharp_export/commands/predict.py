@@ -6,9 +6,8 @@ import time
 from pathlib import Path
 
 import click
-import torch
 
-from sharp_export.commands.options import model_options
+from sharp_export.commands.options import model_options, ply_format_options
 from sharp_export.progress import echo
 
 
@@ -24,15 +23,7 @@ from sharp_export.progress import echo
     show_default=True,
     help="Network precision (autocast); the depth-to-Gaussian tail always stays fp32.",
 )
-@click.option(
-    "--format",
-    "ply_format",
-    type=click.Choice(["official", "viewer", "splat"]),
-    default="official",
-    show_default=True,
-    help="official: ml-sharp's PLY; viewer: vertex-only PLY for 3DGS viewers; splat: .splat for WebGL viewers.",
-)
-@click.option("--y-up", is_flag=True, help="Rotate 180 degrees about x for y-up viewers (viewer/splat formats).")
+@ply_format_options
 @click.option("--sample", type=str, default=None, help="Also predict a bundled sample photo (e.g. 'coffee').")
 @click.option("--render/--no-render", default=False, help="Render a rotate_forward video of each scene afterwards.")
 @click.option("--renderer", type=click.Choice(["auto", "torch", "gsplat"]), default="auto", show_default=True)
@@ -53,6 +44,8 @@ def command(
     frames: int,
 ) -> None:
     """Predict 3D Gaussians for each image (files or directories) and write one PLY per image."""
+    import torch
+
     from sharp_export.errors import UserInputError
     from sharp_export.pipeline import gaussians_for_image, resolve_device
     from sharp_export.reference.checkpoint import autocast_context, build_model
@@ -78,7 +71,7 @@ def command(
         f"({time.perf_counter() - start:.1f} s to build)"
     )
 
-    def infer(image: torch.Tensor, disparity_factor: torch.Tensor):
+    def infer(image, disparity_factor):  # [1, 3, R, R], [1]
         with torch.no_grad(), autocast_context(loaded, torch_device):
             return loaded.model(image, disparity_factor)
 

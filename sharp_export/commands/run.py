@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from sharp_export.commands.export import OneLineCommand, report_errors
+from sharp_export.commands.options import ply_format_options
 from sharp_export.progress import echo
 
 
@@ -20,15 +21,7 @@ from sharp_export.progress import echo
 @click.argument("artifact", type=click.Path(path_type=Path))
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--output", "out_dir", type=click.Path(path_type=Path), required=True, help="Output directory.")
-@click.option(
-    "--format",
-    "ply_format",
-    type=click.Choice(["official", "viewer", "splat"]),
-    default="official",
-    show_default=True,
-    help="official: ml-sharp's PLY; viewer: vertex-only PLY for 3DGS viewers; splat: .splat for WebGL viewers.",
-)
-@click.option("--y-up", is_flag=True, help="Rotate 180 degrees about x for y-up viewers (viewer/splat formats).")
+@ply_format_options
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--verify", is_flag=True, help="Re-hash every artifact file against its manifest before loading.")
 @report_errors

@@ -1,0 +1,47 @@
+"""CLI basics: version, help, one-line user errors."""
+
+from __future__ import annotations
+
+from click.testing import CliRunner
+
+from sharp_export import __version__
+from sharp_export.cli import cli
+from sharp_export.commands.options import PRESET_NAMES
+from sharp_export.reference.model.params import PRESETS
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_preset_choices_match_the_presets_table():
+    assert set(PRESET_NAMES) == set(PRESETS)
+
+
+def test_version_and_help_list_every_target():
+    assert __version__ in invoke("--version").output
+    text = invoke("--help").output
+    for name in ("predict", "render", "run", "parity", "env", "onnx", "coreml", "tensorrt"):
+        assert f"  {name}" in text
+
+
+def test_predict_user_errors_are_one_line(tmp_path):
+    missing = invoke("predict", tmp_path / "nope.jpg", "-o", tmp_path, "--preset", "tiny", "--seed", "0")
+    assert missing.exit_code == 1 and missing.output.count("\n") == 1 and "nope.jpg" in missing.output
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image at all")
+    corrupt = invoke("predict", bad, "-o", tmp_path, "--preset", "tiny", "--seed", "0")
+    assert corrupt.exit_code == 1 and "bad.jpg" in corrupt.output and "Traceback" not in corrupt.output
+    no_weights = invoke("predict", "--sample", "coffee", "-o", tmp_path, "--preset", "tiny")
+    assert no_weights.exit_code == 1 and "no weights given" in no_weights.output
+
+
+def test_predict_writes_a_ply_per_image(golden_dir, tmp_path):
+    weights = golden_dir / "weights_perturbed.safetensors"
+    result = invoke("predict", golden_dir / "input_640x480.png", "-o", tmp_path, "--preset", "tiny", "-c", weights)
+    assert result.exit_code == 0, result.output
+    from sharp_export.reference.ply import load_ply
+
+    gaussians, meta = load_ply(tmp_path / "input_640x480.ply")
+    assert gaussians.mean_vectors.shape == (1, 73_728, 3)
+    assert (meta.width, meta.height) == (640, 480)
