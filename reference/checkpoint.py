@@ -5,7 +5,6 @@ The official ``sharp_2572gikvuh.pt`` is a plain state_dict; it is loaded unchang
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import tempfile
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from sharp_export.artifact import sha256_file
 from sharp_export.errors import CheckpointError, UserInputError
 
 from .model import PRESETS, RGBGaussianPredictor, create_predictor
@@ -43,14 +43,6 @@ class LoadedModel:
         if self.checkpoint_sha256 is not None:
             return f"checkpoint {Path(self.checkpoint_path or '').name} (sha256 {self.checkpoint_sha256[:12]})"
         return f"UNTRAINED seeded random weights (seed {self.seed}), not a real SHARP model"
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def cache_dir() -> Path:
