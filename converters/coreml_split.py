@@ -13,9 +13,8 @@ gaussians           Gaussian decoder, prediction head, initializer, composer    
 
 (The ViTs' unused 22M-parameter classifier heads are not traced, so they are not in the packages.)
 
-The pieces mirror ``SlidingPyramidNetwork.forward`` / ``RGBGaussianPredictor.forward_grids`` step by
-step; a test pins that chaining them equals ``forward_grids`` bit for bit, so a change in the reference
-model cannot silently diverge from the split.
+The first two pieces call the SPN's own ``encode_patches`` / ``fuse`` (its forward is exactly those two
+calls); a test pins that chaining all three equals ``forward_grids`` bit for bit.
 """
 
 from __future__ import annotations
@@ -23,14 +22,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from sharp_export.converters.coreml_graph import REGION_NETWORK, REGION_TAIL, Fp16Rounding, rounding
 from sharp_export.reference.model.composer import GaussianGrids
-from sharp_export.reference.model.encoder import merge_tiles, split_tiles, tile_offsets
 from sharp_export.reference.model.predictor import DISPARITY_MAX, DISPARITY_MIN
-from sharp_export.reference.model.vit import tokens_to_map
 
 PATCH_MAPS = ("latent0", "latent1", "x0_features", "x1_features", "x2_features")
 ENCODINGS = tuple(f"encoding{i}" for i in range(5))
@@ -48,25 +44,7 @@ class PatchEncoderPiece(nn.Module):
         self.predictor = predictor
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:  # image: [B, 3, R, R] in [0, 1]
-        spn = _spn(self.predictor)
-        p = spn.params
-        x = 2.0 * image - 1.0  # the monodepth normaliser
-        batch, patch = x.shape[0], p.vit.img_size
-        overlap0, overlap1 = (0.25, 0.5) if p.use_patch_overlap else (0.0, 0.0)
-        padding = 3 if p.use_patch_overlap else 0
-        x1 = F.interpolate(x, scale_factor=0.5, mode="bilinear", align_corners=False)
-        x2 = F.interpolate(x, scale_factor=0.25, mode="bilinear", align_corners=False)
-        tiles0, tiles1 = split_tiles(x, patch, overlap0), split_tiles(x1, patch, overlap1)
-        n0, n1 = tiles0.shape[0], tiles1.shape[0]
-        steps0 = len(tile_offsets(x.shape[-1], patch, overlap0))
-        steps1 = len(tile_offsets(x1.shape[-1], patch, overlap1))
-        features, hooked = spn.patch_encoder(torch.cat([tiles0, tiles1, x2], dim=0))
-        grid = p.vit.grid
-        latent0 = merge_tiles(tokens_to_map(hooked[p.hook_block_ids[0]][:n0], grid), batch, steps0, padding)
-        latent1 = merge_tiles(tokens_to_map(hooked[p.hook_block_ids[1]][:n0], grid), batch, steps0, padding)
-        x0_features = merge_tiles(features[:n0], batch, steps0, padding)
-        x1_features = merge_tiles(features[n0 : n0 + n1], batch, steps1, 2 * padding)
-        return latent0, latent1, x0_features, x1_features, features[n0 + n1 :]
+        return tuple(_spn(self.predictor).encode_patches(2.0 * image - 1.0))  # 2x-1: the monodepth normaliser
 
 
 class MonodepthPiece(nn.Module):
@@ -86,17 +64,8 @@ class MonodepthPiece(nn.Module):
         x2_features: torch.Tensor,
     ) -> tuple[torch.Tensor, ...]:
         net = self.predictor.monodepth_model.monodepth_predictor
-        spn = net.encoder
-        x2 = F.interpolate(2.0 * image - 1.0, scale_factor=0.25, mode="bilinear", align_corners=False)
-        lowres_features, _ = spn.image_encoder(x2)
-        lowres = torch.cat([spn.upsample2(x2_features), spn.upsample_lowres(lowres_features)], dim=1)
-        encodings = [
-            spn.upsample_latent0(latent0),
-            spn.upsample_latent1(latent1),
-            spn.upsample0(x0_features),
-            spn.upsample1(x1_features),
-            spn.fuse_lowres(lowres),
-        ]
+        patch_maps = (latent0, latent1, x0_features, x1_features, x2_features)
+        encodings = net.encoder.fuse(2.0 * image - 1.0, patch_maps)
         return (net.head(net.decoder(encodings)), *encodings)
 
 

@@ -75,6 +75,14 @@ class SlidingPyramidNetwork(nn.Module):
         self.fuse_lowres = nn.Conv2d(2 * dims[4], dims[4], 1, bias=True)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:  # x: [B, 3, S, S] in [-1, 1]
+        return self.fuse(x, self.encode_patches(x))
+
+    def encode_patches(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:  # x: [B, 3, S, S] in [-1, 1]
+        """Pyramid, tiles and the patch ViT: (latent0, latent1, x0, x1, x2 feature maps), each [B, C_vit, g, g].
+
+        Split from ``fuse`` so that Core ML's ``--split components`` can cut between the two ViTs while
+        running exactly this code.
+        """
         p = self.params
         batch = x.shape[0]
         patch = p.vit.img_size
@@ -95,13 +103,19 @@ class SlidingPyramidNetwork(nn.Module):
         grid = p.vit.grid
         latent0 = tokens_to_map(hooked[p.hook_block_ids[0]][:n0], grid)
         latent1 = tokens_to_map(hooked[p.hook_block_ids[1]][:n0], grid)
+        return (
+            merge_tiles(latent0, batch, steps0, padding),
+            merge_tiles(latent1, batch, steps0, padding),
+            merge_tiles(features[:n0], batch, steps0, padding),
+            merge_tiles(features[n0 : n0 + n1], batch, steps1, 2 * padding),
+            features[n0 + n1 :],
+        )
 
-        latent0 = merge_tiles(latent0, batch, steps0, padding)
-        latent1 = merge_tiles(latent1, batch, steps0, padding)
-        x0_features = merge_tiles(features[:n0], batch, steps0, padding)
-        x1_features = merge_tiles(features[n0 : n0 + n1], batch, steps1, 2 * padding)
-        x2_features = features[n0 + n1 :]
-
+    def fuse(self, x: torch.Tensor, patch_maps: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+        """The image ViT on the level-2 image plus the upsamplers: the five SPN maps, finest first."""
+        latent0, latent1, x0_features, x1_features, x2_features = patch_maps
+        # Recomputed here (a cheap 1/4 downscale) so that fuse needs only the image and the patch maps.
+        x2 = F.interpolate(x, scale_factor=0.25, mode="bilinear", align_corners=False)
         lowres_features, _ = self.image_encoder(x2)
         lowres = torch.cat([self.upsample2(x2_features), self.upsample_lowres(lowres_features)], dim=1)
         return [
