@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from sharp_export.export import golden_pattern
 from sharp_export.reference.checkpoint import build_model
 from sharp_export.reference.model import create_predictor, flatten_grids
 from sharp_export.reference.model.params import tiny_params
@@ -88,7 +89,8 @@ def test_overlapping_tiling_at_1536_matches_official(golden_dir):
     model.load_state_dict(state, strict=True)
     reference = np.load(golden_dir / "out_overlap1536_square_perturbed.npz")
 
-    image = golden_image_1536()
+    # The golden pattern's formula made the official 1536x1536 input (its PNG has sha256 9c976c97...).
+    image = torch.from_numpy(golden_pattern(1536)).permute(2, 0, 1)[None].float() / 255.0
     with torch.no_grad():
         out = model(image, torch.tensor([1.0]))
     index = reference["index"]
@@ -97,21 +99,6 @@ def test_overlapping_tiling_at_1536_matches_official(golden_dir):
         # Whole-array sums: measured relative difference <= 4.4e-8 (mean_vectors sum 3.6e7).
         total = value.double().sum().item()
         assert total == pytest.approx(float(reference[f"sum_{name}"]), rel=1e-6), name
-
-
-def golden_image_1536() -> torch.Tensor:
-    """The golden 1536x1536 image from its published formula (its PNG has sha256 9c976c97...)."""
-    size = 1536
-    u = ((np.arange(size) + 0.5) / size)[None, :]
-    v = ((np.arange(size) + 0.5) / size)[:, None]
-    red = 0.5 + 0.4 * np.sin(2 * np.pi * (1.5 * u + 0.1)) * np.cos(2 * np.pi * 0.75 * v)
-    green = 0.5 + 0.4 * np.sin(2 * np.pi * (1.25 * v + 0.3)) + 0 * u
-    blue = 0.5 + 0.4 * np.cos(2 * np.pi * 0.8 * (u + v))
-    image = np.stack([red, green, blue], axis=-1)
-    alpha = (1 / (1 + np.exp((np.sqrt((u - 0.6) ** 2 + (v - 0.55) ** 2) - 0.18) / 0.01)))[..., None]
-    image = image * (1 - alpha) + np.array([0.9, 0.3, 0.2]) * alpha
-    pixels = np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
-    return torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255.0
 
 
 def test_batch_elements_are_independent(golden_dir):
