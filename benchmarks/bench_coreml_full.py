@@ -105,7 +105,8 @@ def run_one(precision: str, split: str) -> dict:
 
 def run_proxy() -> None:
     """The fp16 precision plan measured with the torch proxy: tiny golden (perturbed) and full size (seeded)."""
-    golden = Path(__file__).resolve().parents[2] / "shared" / "golden" / "tiny" / "weights_perturbed.safetensors"
+    golden_dir = os.environ.get("SHARP_GOLDEN_DIR", Path(__file__).resolve().parents[1] / "tests/data/golden_tiny")
+    golden = Path(golden_dir) / "weights_perturbed.safetensors"
     runs = []
     for preset, weights in (("tiny", f"dict(checkpoint={str(golden)!r})"), ("sharp", "dict(seed=0)")):
         print(f"fp16 proxy plans on preset {preset} ...", file=sys.stderr, flush=True)

@@ -79,7 +79,7 @@ def official_style_unproject(raw: Gaussians3D, meta: SceneMeta, resolution: int 
 
 def check_baseline_against_golden() -> bool:
     """The baseline is only a fair stand-in if it reproduces ml-sharp's golden output bit for bit."""
-    default = Path(__file__).resolve().parents[1].parent / "shared" / "golden" / "tiny"
+    default = Path(__file__).resolve().parents[1] / "tests" / "data" / "golden_tiny"
     golden_dir = Path(os.environ.get("SHARP_GOLDEN_DIR", default))
     path = golden_dir / "out_640x480_perturbed.npz"
     if not path.is_file():

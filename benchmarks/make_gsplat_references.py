@@ -3,7 +3,7 @@
     pip install gsplat==1.5.3          # compiles its CUDA kernels on first use (needs nvcc)
     python benchmarks/make_gsplat_references.py [--out benchmarks/results/gsplat_references_tiny.npz]
 
-Renders /work/shared/golden/tiny/out_640x480_perturbed.npz (SceneMeta(f_px, 640, 480)) through SHARP's
+Renders tests/data/golden_tiny/out_640x480_perturbed.npz (SceneMeta(f_px, 640, 480)) through SHARP's
 rotate_forward trajectory (60 frames) at frames 0, 30 and 59, with eps2d = 0 (SHARP) and 0.3 (gsplat's
 default), and stores colour (sRGB), depth and alpha per render plus the cameras. The CPU test
 tests/test_render_gsplat.py::test_torch_matches_stored_gsplat_references compares the torch renderer
@@ -37,7 +37,8 @@ def golden_scene(golden_dir: Path) -> tuple[Gaussians3D, SceneMeta]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    default_golden = os.environ.get("SHARP_GOLDEN_DIR", str(Path(__file__).resolve().parents[2] / "shared/golden/tiny"))
+    in_repo = Path(__file__).resolve().parents[1] / "tests" / "data" / "golden_tiny"
+    default_golden = os.environ.get("SHARP_GOLDEN_DIR", str(in_repo))
     parser.add_argument("--golden-dir", type=Path, default=Path(default_golden))
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args()

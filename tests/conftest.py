@@ -1,29 +1,76 @@
-"""Shared fixtures: where the golden data made by the official ml-sharp code lives."""
+"""Shared fixtures: the golden data made by the official ml-sharp code, shipped in tests/data/golden_tiny."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+GOLDEN_DATA = REPO_ROOT / "tests" / "data" / "golden_tiny"  # in-repo subset; README.md there says where it came from
+MARKER = "weights_perturbed.safetensors"  # a folder without this file is not a golden bundle
 
 
 def find_golden_dir() -> Path:
-    """The tiny golden bundle: $SHARP_GOLDEN_DIR, else ../shared/golden/tiny next to the checkout."""
+    """The tiny golden bundle: $SHARP_GOLDEN_DIR when set, else the in-repo tests/data/golden_tiny.
+
+    There is no silent fallback: a SHARP_GOLDEN_DIR that points at a folder without the bundle is an error.
+    """
     env = os.environ.get("SHARP_GOLDEN_DIR")
-    candidates = [Path(env)] if env else []
-    candidates += [REPO_ROOT.parent / "shared" / "golden" / "tiny", REPO_ROOT / "shared" / "golden" / "tiny"]
-    for path in candidates:
-        if (path / "weights_perturbed.safetensors").is_file():
-            return path
-    raise FileNotFoundError(
-        f"golden data not found in {[str(c) for c in candidates]}; "
-        "set SHARP_GOLDEN_DIR to the shared/golden/tiny folder"
-    )
+    if env:
+        path = Path(env).expanduser()
+        if not (path / MARKER).is_file():
+            raise FileNotFoundError(f"SHARP_GOLDEN_DIR={env!r} has no {MARKER}; unset it to use {GOLDEN_DATA}")
+        return path
+    if not (GOLDEN_DATA / MARKER).is_file():
+        raise FileNotFoundError(
+            f"golden data missing: {GOLDEN_DATA / MARKER} not found. It is committed with the repository, so "
+            "the checkout is incomplete; restore tests/data/golden_tiny or set SHARP_GOLDEN_DIR to a copy"
+        )
+    return GOLDEN_DATA
 
 
 @pytest.fixture(scope="session")
 def golden_dir() -> Path:
     return find_golden_dir()
+
+
+@pytest.fixture(scope="session")
+def official_ply_sha256() -> dict[str, str]:
+    """File name -> sha256 of the PLYs ml-sharp wrote for the golden runs (the PLY files are not shipped)."""
+    facts = json.loads((GOLDEN_DATA / "provenance.json").read_text())
+    return {name: entry["sha256"] for name, entry in facts["official_ply"].items()}
+
+
+@pytest.fixture(scope="session")
+def official_ply(golden_dir, official_ply_sha256, tmp_path_factory):
+    """name ("perturbed" / "seed0") -> path of out_640x480_{name}.ply as ml-sharp wrote it.
+
+    The file is rebuilt by our writer from the golden arrays and used only after its sha256 has been checked
+    against the official PLY's, so its bytes are the official bytes.
+    """
+    import numpy as np
+    import torch
+
+    from sharp_export.reference.gaussians import Gaussians3D, SceneMeta
+    from sharp_export.reference.ply import save_ply
+
+    fields = ("mean_vectors", "singular_values", "quaternions", "colors", "opacities")
+    made: dict[str, Path] = {}
+
+    def make(name: str) -> Path:
+        if name not in made:
+            data = np.load(golden_dir / f"out_640x480_{name}.npz")
+            width, height = (int(v) for v in data["image_size_wh"])
+            gaussians = Gaussians3D(*(torch.from_numpy(data[k]) for k in fields))
+            target = tmp_path_factory.mktemp(f"official_ply_{name}") / f"out_640x480_{name}.ply"
+            save_ply(gaussians, SceneMeta(float(data["f_px"]), width, height), target)
+            if hashlib.sha256(target.read_bytes()).hexdigest() != official_ply_sha256[target.name]:
+                pytest.fail(f"our writer no longer reproduces the official {target.name} (sha256 differs)")
+            made[name] = target
+        return made[name]
+
+    return make

@@ -111,18 +111,18 @@ def run_cli(args):
     return CliRunner().invoke(command, [str(a) for a in args], catch_exceptions=True)
 
 
-def test_cli_renders_the_golden_ply(golden_dir, tmp_path):
-    ply = golden_dir / "out_640x480_perturbed.ply"
+def test_cli_renders_the_golden_ply(official_ply, tmp_path):
+    ply = official_ply("perturbed")  # ml-sharp's PLY, rebuilt byte for byte (sha256-checked) by conftest
     result = run_cli([ply, "-o", tmp_path, "--frames", "2", "--renderer", "torch", "--resolution", "80x60", "--png"])
     assert result.exit_code == 0, result.output
     frame = np.asarray(Image.open(tmp_path / "out_640x480_perturbed_frames" / "color_0000.png"))
     assert frame.shape == (60, 80, 3) and frame.mean() > 30  # the scene covers the view
 
 
-def test_cli_errors(golden_dir, tmp_path):
+def test_cli_errors(official_ply, tmp_path):
     result = run_cli([tmp_path / "missing.ply", "-o", tmp_path])
     assert isinstance(result.exception, UserInputError) and "not found" in str(result.exception)
-    ply = golden_dir / "out_640x480_perturbed.ply"
+    ply = official_ply("perturbed")
     result = run_cli([ply, "-o", tmp_path, "--resolution", "wide"])
     assert isinstance(result.exception, UserInputError) and "WIDTHxHEIGHT" in str(result.exception)
     if not gsplat_available():
