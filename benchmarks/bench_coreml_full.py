@@ -7,7 +7,7 @@ Each precision converts in its own fresh process, one after the other (each need
 ``convert_coreml`` (torch.export -> ct.convert with the MIL checks -> save). The package is written to
 a temp directory and deleted afterwards.
 
-Bar (toolchain-facts, official model on the same 2-core machine): fp16 ct.convert 40 s, whole process
+Bar (docs/architecture.md §9.3, official model on the same 2-core machine): fp16 ct.convert 40 s, whole process
 67 s, peak RSS 5.9 GB, package 1.32 GB; fp32 ct.convert 27 s, 5.9 GB, package 2.63 GB.
 """
 
@@ -27,7 +27,7 @@ from common import save  # noqa: E402
 CHILD = """
 import json, sys, tempfile, time
 t0 = time.perf_counter()
-from sharp_export.converters.coreml import convert_coreml, package_weight_bytes
+from sharp_export.converters.coreml.convert import convert_coreml, package_weight_bytes
 from sharp_export.progress import peak_rss_gb
 from sharp_export.reference.checkpoint import build_model
 import_s = time.perf_counter() - t0
@@ -53,8 +53,9 @@ print(json.dumps(dict(
 
 PROXY_CHILD = """
 import json, time, torch
-from sharp_export.converters.coreml_graph import DEFAULT_PINNED, REGION_TAIL, fp16_proxy_outputs
-from sharp_export.export import example_inputs
+from sharp_export.converters.coreml.capture import DEFAULT_PINNED, REGION_TAIL
+from sharp_export.converters.coreml.fp16_proxy import fp16_proxy_outputs
+from sharp_export.samples import example_inputs
 from sharp_export.parity.compare import compare_gaussians
 from sharp_export.progress import peak_rss_gb
 from sharp_export.reference.checkpoint import build_model
@@ -143,7 +144,7 @@ def main() -> None:
             "what": "sharp preset (702M params, seeded weights), batch 1, 1536x1536, Core ML mlprogram iOS17, "
             "convert_coreml in a fresh process per precision; process_s includes Python start and imports",
             "runs": runs,
-            "bar_source": "shared/spec/toolchain-facts.md (official model, same machine type)",
+            "bar_source": "docs/architecture.md §9.3 (official model, same machine type)",
         },
     )
 

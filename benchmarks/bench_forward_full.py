@@ -2,7 +2,7 @@
 
     python benchmarks/bench_forward_full.py [--precision fp32|bf16]
 
-Reference (spec section 9, official code, same 2-core machine): 155.4 s, peak RSS 6.86 GB.
+Reference (docs/architecture.md §9.1, official code, same 2-core machine): 155.4 s, peak RSS 6.86 GB.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def main() -> None:
             "what": "sharp preset, seeded weights, batch 1, 1536x1536, torch eager CPU",
             "precision": args.precision,
             **result,
-            "official_reference": {"forward_s": 155.4, "peak_rss_gb": 6.86, "source": "spec section 9"},
+            "official_reference": {"forward_s": 155.4, "peak_rss_gb": 6.86, "source": "docs/architecture.md §9.1"},
         },
     )
 

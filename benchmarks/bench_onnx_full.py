@@ -31,7 +31,8 @@ from common import run_child, save  # noqa: E402
 EXPORT = """
 import json, resource, time
 from pathlib import Path
-from sharp_export.export import ExportRequest, run_export
+from sharp_export.contract import ExportRequest
+from sharp_export.export import run_export
 t0 = time.perf_counter()
 out = run_export(ExportRequest(target="onnx", output=Path({out!r}), preset="sharp", seed=0, parity=False,
                                options={{"opset": 18, "external_data": "auto"}}))
@@ -47,7 +48,7 @@ print(json.dumps(dict(total_s=total, stage_s=m.conversion["stage_seconds"],
 ORT = """
 import json, resource, time
 import numpy as np
-from sharp_export.export import example_inputs
+from sharp_export.samples import example_inputs
 from sharp_export.runtime.base import open_runner
 ex = example_inputs(1536, 1)
 t0 = time.perf_counter()
@@ -65,7 +66,7 @@ print(json.dumps(dict(open_s=open_s, run_s=run_s, threads=runner.intra_op_thread
 EAGER = """
 import json, resource, time
 import numpy as np, torch
-from sharp_export.export import example_inputs
+from sharp_export.samples import example_inputs
 from sharp_export.reference.checkpoint import build_model
 ex = example_inputs(1536, 1)
 t0 = time.perf_counter()

@@ -1,6 +1,6 @@
 """Post-processing speed at full size (1,179,648 Gaussians): our unprojection vs ml-sharp's, PLY writing.
 
-ml-sharp's path (spec 7.2): float32 covariance composition, CPU float64 ``torch.linalg.svd`` of every
+ml-sharp's path (docs/architecture.md §7.2): float32 covariance composition, CPU float64 ``torch.linalg.svd`` of every
 3x3, reflection fix, scipy ``Rotation.from_matrix``. Ours: float64 closed-form eigen-decomposition on
 the tensor's device, vectorised in chunks. Inputs are random but shaped like real SHARP output (metric
 depths 1..60, scales ~z/1536, quaternions near identity, a 4:3 photo so every Gaussian is anisotropic).

@@ -1,6 +1,6 @@
 """The ONNX target: the raw predictor through ``torch.onnx.export(dynamo=True)``, run by ONNX Runtime.
 
-Hazards handled here (spec section 10):
+Hazards handled here (docs/architecture.md §10.1, §10.2):
 
 * Size: fp32 SHARP weighs 2.6 GB in ONNX, over protobuf's 2 GB limit, so the full preset always uses
   external data, in ONE file beside the model (``model.onnx`` + ``model.onnx.data``); both are hashed.
@@ -15,18 +15,17 @@ Hazards handled here (spec section 10):
 
 from __future__ import annotations
 
-import gc
 import importlib.util
-import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-import torch
-
-from sharp_export.errors import ConversionError, UserInputError
-from sharp_export.progress import echo, rss_gb
-from sharp_export.reference.gaussians import GAUSSIAN_FIELDS
+from sharp_export.contract import ConvertContext, ConvertResult, ExportRequest
+from sharp_export.errors import UserInputError
 from sharp_export.targets import Target, TargetOption, missing_packages, register_target
+
+if TYPE_CHECKING:
+    from sharp_export.artifact import Manifest
+    from sharp_export.runtime.onnxruntime_runner import OnnxRuntimeRunner
 
 MODEL_FILE = "model.onnx"
 DEFAULT_OPSET = 18  # the lowest opset torch's dynamo exporter implements natively
@@ -34,6 +33,8 @@ MIN_OPSET, MAX_OPSET = 7, 30  # plausible ONNX opsets; the exporter itself decid
 MAX_DYNAMIC_BATCH = 64
 INPUT_NAMES = ("image", "disparity_factor")
 EXTERNAL_DATA_ABOVE_BYTES = 1 << 30  # "auto": external weights from 1 GB on (the full preset: 2.6 GB)
+# Shared with the tensorrt target, which writes the same ONNX before building its engine.
+OPSET_OPTION = TargetOption("opset", int, DEFAULT_OPSET, "ONNX opset; the declared opset is verified after export")
 
 
 def check_environment() -> str | None:
@@ -43,156 +44,8 @@ def check_environment() -> str | None:
     return f"{reason}: pip install 'sharp-export[onnx]'"
 
 
-class RawOutputs(torch.nn.Module):
-    """Returns the five Gaussian attributes as a plain tuple so each gets its ONNX output name."""
-
-    def __init__(self, predictor: torch.nn.Module):
-        super().__init__()
-        self.predictor = predictor
-
-    def forward(
-        self,
-        image: torch.Tensor,  # [B, 3, R, R]
-        disparity_factor: torch.Tensor,  # [B]
-    ) -> tuple[torch.Tensor, ...]:
-        return tuple(self.predictor(image, disparity_factor))
-
-
-def weight_bytes(model: torch.nn.Module) -> int:
-    return sum(p.numel() * p.element_size() for p in model.parameters())
-
-
-def use_external_data(choice: str, model: torch.nn.Module) -> bool:
-    if choice == "always":
-        return True
-    if choice == "never":
-        return False
-    return weight_bytes(model) >= EXTERNAL_DATA_ABOVE_BYTES
-
-
-def declared_opset(model_path: Path) -> int:
-    """The default-domain opset the saved model declares (reads the graph only, not the weights)."""
-    import onnx
-
-    proto = onnx.load(str(model_path), load_external_data=False)
-    versions = [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")]
-    if len(versions) != 1:
-        raise ConversionError(f"expected one default-domain opset import, found {versions}", path=model_path)
-    return int(versions[0])
-
-
-def _dims(value_info: Any) -> tuple[int | str, ...]:
-    dims = value_info.type.tensor_type.shape.dim
-    return tuple(d.dim_param if d.dim_param else int(d.dim_value) for d in dims)
-
-
-def check_graph_io(model_path: Path, io: Any) -> None:
-    """The saved graph's inputs/outputs must have the spec's names, order and static dimensions."""
-    import onnx
-
-    graph = onnx.load(str(model_path), load_external_data=False).graph
-    for kind, found, wanted in (("input", graph.input, io.inputs), ("output", graph.output, io.outputs)):
-        names = [v.name for v in found]
-        if names != [t.name for t in wanted]:
-            raise ConversionError(f"graph {kind}s are {names}, expected {[t.name for t in wanted]}", path=model_path)
-        for value, spec in zip(found, wanted, strict=True):
-            dims = _dims(value)
-            ok = len(dims) == len(spec.shape) and all(
-                isinstance(want, str) or want == got for want, got in zip(spec.shape, dims, strict=True)
-            )
-            batch_ok = not isinstance(spec.shape[0], str) or isinstance(dims[0], str)
-            if not (ok and batch_ok):
-                raise ConversionError(
-                    f"graph {kind} '{spec.name}' has shape {dims}, expected {tuple(spec.shape)}"
-                    + (" (batch was specialised to a constant)" if not batch_ok else ""),
-                    path=model_path,
-                )
-
-
-def export_onnx(
-    model: torch.nn.Module,
-    example: Any,  # ExampleInputs: image [B, 3, R, R], disparity_factor [B]
-    io: Any,  # IOSpec the graph must expose
-    out_dir: Path,
-    *,
-    opset: int = DEFAULT_OPSET,
-    dynamic_batch: bool = False,
-    external_data: bool = True,
-    metadata: dict[str, str] | None = None,
-) -> dict[str, Any]:
-    """Write ``out_dir/model.onnx`` (+ ``model.onnx.data``), verify opset and I/O; returns details."""
-    import onnx
-
-    path = Path(out_dir) / MODEL_FILE
-    dynamic_shapes = None
-    if dynamic_batch:
-        batch = torch.export.Dim("batch", min=1, max=MAX_DYNAMIC_BATCH)
-        dynamic_shapes = {"image": {0: batch}, "disparity_factor": {0: batch}}
-    wrapper = RawOutputs(model).eval()
-    start = time.perf_counter()
-    try:
-        # torch.onnx prints its own progress to stdout; the export log captures it via capture_log().
-        with torch.no_grad():
-            program = torch.onnx.export(
-                wrapper,
-                (example.image, example.disparity_factor),
-                None,
-                dynamo=True,
-                opset_version=opset,
-                input_names=list(INPUT_NAMES),
-                output_names=list(GAUSSIAN_FIELDS),
-                dynamic_shapes=dynamic_shapes,
-                external_data=external_data,
-            )
-    except Exception as error:
-        first = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
-        hint = "the model specialised the batch dimension (see export.log for torch's guard)" if dynamic_batch else None
-        raise ConversionError(
-            f"torch.onnx.export (dynamo) failed: {type(error).__name__}: {first}", fix=hint
-        ) from error
-    export_s = time.perf_counter() - start
-    echo(f"    torch.onnx.export (dynamo, opset {opset}) {export_s:.1f} s, RSS {rss_gb():.1f} GB")
-    program.model.metadata_props.update(metadata or {})
-    start = time.perf_counter()
-    program.save(str(path), external_data=external_data)
-    save_s = time.perf_counter() - start
-    del program
-    gc.collect()
-    echo(f"    saved {MODEL_FILE}{' + external data' if external_data else ''} in {save_s:.1f} s")
-
-    found = declared_opset(path)
-    if found != opset:
-        raise ConversionError(
-            f"requested ONNX opset {opset} but the exported model declares opset {found} "
-            "(the exporter's version conversion failed)",
-            path=path,
-            fix=f"use --opset {found}",
-        )
-    written = sorted(p.name for p in Path(out_dir).iterdir() if p.name.startswith("model"))
-    expected = sorted([MODEL_FILE] + ([MODEL_FILE + ".data"] if external_data else []))
-    if written != expected:
-        raise ConversionError(f"exporter wrote {written}, expected exactly {expected}", path=out_dir)
-    check_graph_io(path, io)
-    start = time.perf_counter()
-    try:
-        onnx.checker.check_model(str(path))  # by path: works with external data and > 2 GB
-    except onnx.checker.ValidationError as error:
-        first = str(error).strip().splitlines()[0][:300]
-        raise ConversionError(f"the exported model is not valid ONNX: {first}", path=path) from error
-    check_s = time.perf_counter() - start
-    echo(f"    onnx.checker passed in {check_s:.1f} s")
-    return {
-        "exporter": f"torch.onnx.export(dynamo=True), torch {torch.__version__}",
-        "opset": found,
-        "external_data": external_data,
-        "export_seconds": round(export_s, 2),
-        "save_seconds": round(save_s, 2),
-        "check_seconds": round(check_s, 2),
-        "files": expected,
-    }
-
-
-def validate(request: Any) -> None:
+def validate_opset(request: ExportRequest) -> None:
+    """The --opset checks shared by the onnx and tensorrt targets."""
     opset = int(request.options.get("opset", DEFAULT_OPSET))
     if opset < MIN_OPSET or opset > MAX_OPSET:
         raise UserInputError(f"--opset {opset} is not a valid ONNX opset", fix=f"use --opset {DEFAULT_OPSET}")
@@ -205,6 +58,10 @@ def validate(request: Any) -> None:
             "down-conversion produces invalid or mislabelled models for SHARP",
             fix=f"use --opset {DEFAULT_OPSET} or newer (every current ONNX Runtime and TensorRT 10 read it)",
         )
+
+
+def validate(request: ExportRequest) -> None:
+    validate_opset(request)
     if request.device == "cuda" and importlib.util.find_spec("onnxruntime") is not None:
         import onnxruntime
 
@@ -220,9 +77,8 @@ def validate(request: Any) -> None:
         )
 
 
-def convert(ctx: Any) -> Any:
-    """The onnx target's convert(ConvertContext) -> ConvertResult."""
-    from sharp_export.export import ConvertResult
+def convert(ctx: ConvertContext) -> ConvertResult:
+    from sharp_export.converters.onnx_export import export_onnx, use_external_data
 
     options = ctx.request.options
     external = use_external_data(options.get("external_data", "auto"), ctx.model)
@@ -239,7 +95,7 @@ def convert(ctx: Any) -> Any:
     return ConvertResult(main_file=MODEL_FILE, details=details)
 
 
-def open_runner(artifact_dir: Path, manifest: Any, device: str = "cpu") -> Any:
+def open_runner(artifact_dir: Path, manifest: Manifest, device: str = "cpu") -> OnnxRuntimeRunner:
     from sharp_export.runtime.onnxruntime_runner import open_onnx_artifact
 
     return open_onnx_artifact(artifact_dir, manifest, device)
@@ -255,7 +111,7 @@ ONNX_TARGET = register_target(
         supports_dynamic_batch=True,
         devices=("cpu", "cuda"),
         options=(
-            TargetOption("opset", int, DEFAULT_OPSET, "ONNX opset; the declared opset is verified after export"),
+            OPSET_OPTION,
             TargetOption(
                 "external_data",
                 str,

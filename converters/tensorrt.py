@@ -14,11 +14,17 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from sharp_export.contract import ConvertContext, ConvertResult, ExportRequest
+from sharp_export.converters.onnx import DEFAULT_OPSET, MAX_DYNAMIC_BATCH, MODEL_FILE, OPSET_OPTION, validate_opset
 from sharp_export.errors import ConversionError, UserInputError
 from sharp_export.progress import echo, rss_gb
 from sharp_export.targets import Target, TargetOption, missing_packages, package_version, register_target
+
+if TYPE_CHECKING:
+    from sharp_export.artifact import Manifest
+    from sharp_export.runtime.tensorrt_runner import TensorRTRunner
 
 PLAN_FILE = "model.plan"
 TIMING_CACHE_FILE = "timing.cache"
@@ -44,7 +50,7 @@ def build_tensorrt_ready_onnx(
     model: Any, example: Any, io: Any, out_dir: Path, *, opset: int, dynamic_batch: bool, metadata: dict[str, str]
 ) -> dict[str, Any]:
     """The ONNX TensorRT parses: same graph as the onnx target, external data always (one file beside it)."""
-    from sharp_export.converters.onnx import export_onnx
+    from sharp_export.converters.onnx_export import export_onnx
 
     out_dir.mkdir(parents=True, exist_ok=True)
     return export_onnx(
@@ -114,15 +120,13 @@ def build_engine(
     }
 
 
-def validate(request: Any) -> None:
+def validate(request: ExportRequest) -> None:
+    validate_opset(request)
     if float(request.options.get("workspace_gb", 8.0)) <= 0:
         raise UserInputError("--workspace-gb must be positive")
 
 
-def convert(ctx: Any) -> Any:
-    from sharp_export.converters.onnx import DEFAULT_OPSET, MAX_DYNAMIC_BATCH
-    from sharp_export.export import ConvertResult
-
+def convert(ctx: ConvertContext) -> ConvertResult:
     options = ctx.request.options
     onnx_dir = ctx.workdir / ONNX_SUBDIR
     details = build_tensorrt_ready_onnx(
@@ -139,7 +143,7 @@ def convert(ctx: Any) -> Any:
     batch = (1, 1, MAX_DYNAMIC_BATCH) if ctx.request.dynamic_batch else None
     resolution = int(ctx.io.inputs[0].shape[-1])
     details["tensorrt"] = build_engine(
-        onnx_dir / "model.onnx",
+        onnx_dir / MODEL_FILE,
         ctx.workdir / PLAN_FILE,
         precision=ctx.request.precision,
         workspace_gb=float(options.get("workspace_gb", 8.0)),
@@ -152,7 +156,7 @@ def convert(ctx: Any) -> Any:
     return ConvertResult(main_file=PLAN_FILE, details=details)
 
 
-def open_runner(artifact_dir: Path, manifest: Any, device: str = "cuda") -> Any:
+def open_runner(artifact_dir: Path, manifest: Manifest, device: str = "cuda") -> TensorRTRunner:
     from sharp_export.runtime.tensorrt_runner import TensorRTRunner
 
     return TensorRTRunner(Path(artifact_dir) / manifest.main_file, manifest, device)
@@ -168,7 +172,7 @@ TENSORRT_TARGET = register_target(
         supports_dynamic_batch=True,
         devices=("cuda",),
         options=(
-            TargetOption("opset", int, 18, "ONNX opset of the intermediate model"),
+            OPSET_OPTION,
             TargetOption("workspace_gb", float, 8.0, "builder workspace memory pool limit in GB"),
             TargetOption(
                 "timing_cache", str, "", "timing cache file to reuse and update (default: inside the artifact)"
@@ -178,6 +182,7 @@ TENSORRT_TARGET = register_target(
         check_environment=check_environment,
         convert=convert,
         open_runner=open_runner,
+        tolerance_profiles={"fp32": "fp32-tf32"},
         validate=validate,
     )
 )

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from sharp_export.artifact import sha256_file
 from sharp_export.errors import CheckpointError, UserInputError
 
+from .hashing import sha256_file
 from .model import PRESETS, RGBGaussianPredictor, create_predictor
 
 LOGGER = logging.getLogger(__name__)

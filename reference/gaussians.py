@@ -433,6 +433,6 @@ def unproject_gaussians(gaussians: Gaussians3D, meta: SceneMeta, resolution: int
     """Raw model output (NDC x z on the R x R grid) -> metric OpenCV camera-space Gaussians.
 
     ``meta`` holds the ORIGINAL image's focal length and size. Matches ml-sharp's ``unproject_gaussians``
-    with identity extrinsics (spec section 7.2).
+    with identity extrinsics (docs/architecture.md §7.2).
     """
     return apply_transform(gaussians, unprojection_matrix(meta, resolution).to(gaussians.mean_vectors.device))

@@ -3,9 +3,9 @@
 All three are written with numpy (no plyfile), atomically: bytes go to a temporary file in the target
 directory, which replaces the target only once complete, so a failure never leaves a partial file.
 
-* ``official``: byte layout of ml-sharp's ``save_ply`` (spec 7.3): binary little endian; ``vertex`` with
-  x y z f_dc_0..2 opacity scale_0..2 rot_0..3, then extrinsic, intrinsic, image_size, frame, disparity,
-  color_space, version. Colours are stored as sRGB SH DC (color_space 0), opacities as logits, scales
+* ``official``: byte layout of ml-sharp's ``save_ply`` (docs/architecture.md §7.3): binary little endian;
+  ``vertex`` with x y z f_dc_0..2 opacity scale_0..2 rot_0..3, then extrinsic, intrinsic, image_size, frame,
+  disparity, color_space, version. Colours are stored as sRGB SH DC (color_space 0), opacities as logits, scales
   as natural logs, rotations as unit quaternions wxyz. OpenCV axes (x right, y down, z forward).
 * ``viewer``: only the ``vertex`` element, in the INRIA 3DGS property order with zero normals and
   zero f_rest_0..44, for viewers that require those fields or trip over extra elements.

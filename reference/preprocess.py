@@ -1,6 +1,6 @@
 """Image loading and model-input preparation, matching ml-sharp's ``io.load_rgb`` and ``predict_image``.
 
-What ml-sharp does and we therefore do (spec section 7.1):
+What ml-sharp does and we therefore do (docs/architecture.md §7.1):
 
 * PIL decode; HEIC through pillow_heif (8-bit conversion of HDR files).
 * EXIF orientation 3, 6, 8 applied as 180 / 270 / 90 degree rotations. The mirrored orientations

@@ -123,7 +123,7 @@ def open_runner(artifact_dir: str | Path, device: str = "cpu", *, verify: bool =
     Checks every file's size (cheap); ``verify=True`` also re-hashes them (seconds per GB).
     """
     from sharp_export.artifact import verify_files
-    from sharp_export.export import TargetUnavailableError
+    from sharp_export.errors import TargetUnavailableError
     from sharp_export.targets import get_target
 
     artifact_dir = Path(artifact_dir)
@@ -140,5 +140,5 @@ def open_runner(artifact_dir: str | Path, device: str = "cpu", *, verify: bool =
         )
     reason = target.check_environment()
     if reason is not None:
-        raise TargetUnavailableError(target, reason)
+        raise TargetUnavailableError(target.name, reason)
     return target.open_runner(artifact_dir, manifest, device)

@@ -9,17 +9,20 @@ fallback.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from sharp_export.artifact import IOSpec, Manifest
+from sharp_export.converters.coreml.target import COMPUTE_UNIT_NAMES
 from sharp_export.errors import MissingDependencyError, UserInputError
 from sharp_export.reference.gaussians import GAUSSIAN_FIELDS, Gaussians3D
+from sharp_export.reference.model.composer import GRID_CHANNELS, GaussianGrids, flatten_grids
 from sharp_export.runtime.base import Runner
 
-COMPUTE_UNITS = {"all": "ALL", "cpu_and_ne": "CPU_AND_NE", "cpu_and_gpu": "CPU_AND_GPU", "cpu_only": "CPU_ONLY"}
 MACOS_ONLY = "Core ML runs only on macOS; check this artifact on a Mac with `sharp-export parity ARTIFACT --golden ...`"
 
 
@@ -31,9 +34,18 @@ def _require_macos(package: Path) -> None:
 def _compute_unit(name: str) -> Any:
     import coremltools as ct
 
-    if name not in COMPUTE_UNITS:
-        raise UserInputError(f"unknown compute units '{name}'", fix=f"use one of {', '.join(COMPUTE_UNITS)}")
-    return getattr(ct.ComputeUnit, COMPUTE_UNITS[name])
+    if name not in COMPUTE_UNIT_NAMES:
+        raise UserInputError(f"unknown compute units '{name}'", fix=f"use one of {', '.join(COMPUTE_UNIT_NAMES)}")
+    return getattr(ct.ComputeUnit, name.upper())  # all -> ALL, cpu_and_ne -> CPU_AND_NE, ...
+
+
+def grids_to_gaussians(grids: Iterable[Any]) -> Gaussians3D:
+    """Host-side flatten of five grids (numpy or torch, [B, C*2, h, w]) into Gaussians3D [B, N, C]."""
+    tensors = [torch.as_tensor(g).float() for g in grids]
+    for tensor, channels in zip(tensors, GRID_CHANNELS, strict=True):
+        if tensor.ndim != 4 or tensor.shape[1] != 2 * channels:
+            raise ValueError(f"expected a [B, {2 * channels}, h, w] grid, got {tuple(tensor.shape)}")
+    return flatten_grids(GaussianGrids(*tensors))
 
 
 class CoreMLRunner(Runner):
@@ -55,8 +67,6 @@ class CoreMLRunner(Runner):
         self.models = [ct.models.MLModel(str(p), compute_units=units) for p in self.packages]
 
     def _infer(self, image: np.ndarray, disparity_factor: np.ndarray) -> Gaussians3D:
-        from sharp_export.converters.coreml_graph import grids_to_gaussians
-
         values: dict[str, Any] = {"image": image, "disparity_factor": disparity_factor}
         for package, model in zip(self.packages, self.models, strict=True):
             wanted = [i.name for i in model.get_spec().description.input]

@@ -8,7 +8,6 @@ directory, so a crashed or interrupted export never leaves something that looks 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import os
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from sharp_export.errors import UserInputError
+from sharp_export.reference.hashing import sha256_file
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -134,14 +134,6 @@ class Manifest:
         data["io"] = IOSpec.from_dict(data["io"])
         known = set(Manifest.__dataclass_fields__)
         return Manifest(**{k: v for k, v in data.items() if k in known})
-
-
-def sha256_file(path: Path, chunk: int = 8 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def hash_files(directory: Path) -> dict[str, dict[str, Any]]:

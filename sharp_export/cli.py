@@ -1,6 +1,7 @@
 """The `sharp-export` command line: a thin click group; each command lives in sharp_export/commands/.
 
-User errors (``SharpExportError``) end as one line on stderr and a non-zero exit code, no traceback.
+Every command is a ``commands.base.OneLineCommand``, the one place where errors become one line on stderr
+and an exit code (no traceback; ``-v`` shows it).
 """
 
 from __future__ import annotations
@@ -10,21 +11,11 @@ import logging
 import click
 
 from sharp_export import __version__
-from sharp_export.errors import SharpExportError
 
 
-class SharpExportGroup(click.Group):
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except SharpExportError as error:
-            click.echo(f"error: {error.one_line()}", err=True)
-            ctx.exit(error.exit_code)
-
-
-@click.group(cls=SharpExportGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="sharp-export")
-@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging, and tracebacks for unexpected errors.")
 def cli(verbose: bool) -> None:
     """Export, check, run and benchmark Apple's SHARP (one image -> 3D Gaussians)."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s")

@@ -111,6 +111,8 @@ def format_environment(report: dict[str, Any] | None = None) -> str:
         if cuda["available"]:
             text += f" ({cuda['device_name']}, compute capability {cuda['compute_capability']})"
         lines.append(f"{'cuda':<15} {text}; torch built with CUDA {cuda['torch_cuda']}")
+    else:
+        lines.append(f"{'cuda':<15} not probed (sharp-export env --probe imports torch to check)")
     lines.append(f"{'lpips weights':<15} {report['lpips_weights'] or 'absent (pip install sharp-export[lpips])'}")
     lines.append("targets:")
     for name, status in report["targets"].items():

@@ -9,12 +9,17 @@ code   meaning
 2      a needed optional dependency is missing
 3      parity failed: the artifact does not match the reference
 4      conversion failed inside a toolchain
+5      unexpected internal error (a bug: rerun with -v for the traceback)
+130    interrupted (Ctrl-C); partial outputs are removed
 =====  ======================================================
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
+UNEXPECTED_EXIT_CODE = 5
+INTERRUPTED_EXIT_CODE = 130
 
 
 class SharpExportError(Exception):
@@ -67,3 +72,12 @@ class ConversionError(SharpExportError):
     """A converter toolchain failed."""
 
     exit_code = 4
+
+
+class TargetUnavailableError(SharpExportError):
+    """A target's toolchain is missing here; the message carries the target's own reason and install hint."""
+
+    exit_code = MissingDependencyError.exit_code  # 2, like every missing optional dependency
+
+    def __init__(self, target: str, reason: str):
+        super().__init__(f"target '{target}' is not usable here: {reason}")

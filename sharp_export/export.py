@@ -3,26 +3,23 @@
 build model -> example inputs -> torch reference outputs -> ``target.convert`` -> free the torch model ->
 parity hook (runs the artifact through its own runner) -> manifest -> atomic move into place.
 
-Targets only implement ``convert(ctx) -> ConvertResult``; everything that makes an artifact trustworthy
-(hashes, manifest, log, parity, atomicity) lives here once.
+Targets only implement the contract of sharp_export/contract.py (``convert(ctx) -> ConvertResult``, an
+``open_runner``, optionally a torch ``proxy``); everything that makes an artifact trustworthy (hashes,
+manifest, log, parity, atomicity) lives here once.
 """
 
 from __future__ import annotations
 
 import gc
 import json
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from sharp_export import __version__
 from sharp_export.artifact import (
     LOG_NAME,
-    IOSpec,
     Manifest,
     atomic_directory,
     capture_log,
@@ -31,102 +28,15 @@ from sharp_export.artifact import (
     raw_io_spec,
     write_manifest,
 )
-from sharp_export.errors import MissingDependencyError, ParityError, SharpExportError, UserInputError
+from sharp_export.contract import ConvertContext, ExampleInputs, ExportRequest, ParityHook, ProxyOutputs
+from sharp_export.errors import ParityError, TargetUnavailableError, UserInputError
 from sharp_export.progress import Stages, echo, peak_rss_gb
 from sharp_export.reference.gaussians import Gaussians3D
+from sharp_export.samples import example_inputs
 from sharp_export.targets import Target, get_target
 
 PARITY_NAME = "parity.json"
 DYNAMIC_EXAMPLE_BATCH = 2  # torch.export specialises a dimension whose example size is 0 or 1
-
-
-class TargetUnavailableError(SharpExportError):
-    """A target's toolchain is missing; the message is the target's own reason + install hint."""
-
-    exit_code = MissingDependencyError.exit_code  # 2, like every missing optional dependency
-
-    def __init__(self, target: Target, reason: str):
-        super().__init__(f"target '{target.name}' is not usable here: {reason}")
-
-
-@dataclass(frozen=True)
-class ExportRequest:
-    """Everything a user chose for one export (the CLI builds it; API users may too)."""
-
-    target: str
-    output: Path
-    preset: str = "sharp"
-    checkpoint: str | Path | None = None
-    seed: int | None = None
-    precision: str = "fp32"
-    dynamic_batch: bool = False
-    calib_data: Path | None = None
-    device: str = "cpu"
-    parity: bool = True
-    force: bool = False
-    options: Mapping[str, Any] = field(default_factory=dict)  # target options by name (opset, ...)
-    reproduce: str = ""  # the shell command that recreates this artifact
-
-
-@dataclass
-class ExampleInputs:
-    image: torch.Tensor  # [B, 3, R, R] float32 in [0, 1]
-    disparity_factor: torch.Tensor  # [B] float32
-
-    @property
-    def batch(self) -> int:
-        return int(self.image.shape[0])
-
-
-@dataclass
-class ConvertContext:
-    """What a target's ``convert`` gets. It writes its native files into ``workdir``."""
-
-    model: torch.nn.Module  # eval-mode predictor, forward(image, disparity_factor) -> Gaussians3D
-    example: ExampleInputs
-    request: ExportRequest
-    target: Target
-    workdir: Path
-    stages: Stages
-    io: IOSpec  # the I/O the artifact must expose (names, shapes with "batch" when dynamic)
-    metadata: dict[str, str]  # small key/values for the native format's metadata (ONNX metadata_props, ...)
-    reference: Gaussians3D | None = None  # torch outputs for ``example`` (None with --no-parity)
-
-
-@dataclass
-class ConvertResult:
-    main_file: str  # path of the native model file, relative to workdir
-    details: dict[str, Any] = field(default_factory=dict)  # goes to manifest["conversion"]
-    io: IOSpec | None = None  # only when the target's I/O differs from ctx.io (e.g. fp16 outputs)
-
-
-# hook(artifact_dir, manifest, example, reference, target, device) -> summary dict with at least "status"
-ParityHook = Callable[[Path, Manifest, ExampleInputs, Gaussians3D, Target, str], dict[str, Any]]
-
-
-def golden_pattern(resolution: int) -> np.ndarray:
-    """The golden bundle's synthetic test image (smooth colour waves + a soft disk) as uint8 [H, W, 3].
-
-    Deterministic and file-free; the same formula made the reference goldens, so example outputs are
-    comparable across machines.
-    """
-    coords = (np.arange(resolution, dtype=np.float64) + 0.5) / resolution
-    u, v = np.meshgrid(coords, coords)  # u along columns (x), v along rows (y)
-    red = 0.5 + 0.4 * np.sin(2 * np.pi * (1.5 * u + 0.1)) * np.cos(2 * np.pi * 0.75 * v)
-    green = 0.5 + 0.4 * np.sin(2 * np.pi * (1.25 * v + 0.3))
-    blue = 0.5 + 0.4 * np.cos(2 * np.pi * 0.8 * (u + v))
-    image = np.stack([red, green, blue], axis=-1)
-    alpha = 1.0 / (1.0 + np.exp((np.sqrt((u - 0.6) ** 2 + (v - 0.55) ** 2) - 0.18) / 0.01))
-    image = image * (1 - alpha[..., None]) + np.array([0.9, 0.3, 0.2]) * alpha[..., None]
-    return np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
-
-
-def example_inputs(resolution: int, batch: int = 1) -> ExampleInputs:
-    """Example batch: the golden pattern, mirrored for odd batch entries, disparity factors 1.0, 0.9, ..."""
-    base = torch.from_numpy(golden_pattern(resolution)).permute(2, 0, 1).float() / 255.0
-    images = [base if i % 2 == 0 else base.flip(-1) for i in range(batch)]
-    factors = torch.tensor([1.0 - 0.1 * (i % 5) for i in range(batch)], dtype=torch.float32)
-    return ExampleInputs(torch.stack(images).contiguous(), factors)
 
 
 def native_metadata(request: ExportRequest, source: dict[str, Any]) -> dict[str, str]:
@@ -148,6 +58,11 @@ def validate_request(target: Target, request: ExportRequest) -> None:
             f"target '{name}' cannot export precision '{request.precision}'",
             fix=f"choose --precision {'|'.join(target.precisions)}",
         )
+    from sharp_export.parity.tolerances import supported
+
+    if request.parity and not supported(name, request.precision):
+        # Nothing is exported that could not be gated: the row must name tolerance rows for its precisions.
+        raise UserInputError(f"target '{name}' has no parity tolerances for '{request.precision}'")
     if request.dynamic_batch and not target.supports_dynamic_batch:
         raise UserInputError(f"target '{name}' does not support --dynamic-batch", fix="export a fixed batch of 1")
     if request.calib_data is not None and not target.supports_calibration:
@@ -183,7 +98,7 @@ def validate_request(target: Target, request: ExportRequest) -> None:
         target.validate(request)
     reason = target.check_environment()
     if reason is not None:
-        raise TargetUnavailableError(target, reason)
+        raise TargetUnavailableError(target.name, reason)
 
 
 def _source_info(loaded: Any) -> dict[str, Any]:
@@ -241,6 +156,31 @@ def _reference_outputs(model: torch.nn.Module, example: ExampleInputs) -> Gaussi
     return Gaussians3D(*(t.detach().clone() for t in out))
 
 
+def gate_proxy(target: Target, precision: str, outputs: ProxyOutputs, reference: Gaussians3D) -> dict[str, Any]:
+    """A target's torch proxy against the reference, gated by the target's own tolerances at ``precision``."""
+    from sharp_export.parity.compare import compare_gaussians
+    from sharp_export.parity.tolerances import load_tolerances
+
+    results = compare_gaussians(reference, outputs.gaussians, load_tolerances(target.name, precision), space="raw")
+    keys = ("max", "p99", "mean", "tolerance", "statistic", "passed")
+    metrics = {r.metric: {key: getattr(r, key) for key in keys} for r in results}
+    parts = [f"{name} max {m['max']:.3g} p99 {m['p99']:.3g}" for name, m in metrics.items()]
+    echo(f"    {outputs.label.split(':')[0]} vs torch: " + "; ".join(parts))
+    return {"label": outputs.label, "passed": all(r.passed for r in results), "metrics": metrics, **outputs.details}
+
+
+def apply_proxy(summary: dict[str, Any], proxy: dict[str, Any] | None) -> dict[str, Any]:
+    """Attach the proxy result to a parity summary; a deferred check whose proxy already fails is a failure.
+
+    (A device will not do better than its own precision plan simulated in torch.)
+    """
+    summary = {**summary, "proxy": proxy}
+    if proxy is not None and not proxy["passed"] and summary.get("status") == "deferred":
+        summary["status"] = "failed"
+        summary["failures"] = [f"{name} (proxy)" for name, m in proxy["metrics"].items() if not m["passed"]]
+    return summary
+
+
 def run_export(request: ExportRequest, parity_hook: ParityHook | None = None) -> Path:
     """Export one artifact. Returns its directory. Raises ParityError (after writing) when parity fails."""
     from sharp_export.env import environment_report
@@ -250,7 +190,8 @@ def run_export(request: ExportRequest, parity_hook: ParityHook | None = None) ->
     validate_request(target, request)
     hook = parity_hook or target.parity_hook or default_parity_hook
     output = Path(request.output).absolute()
-    stages = Stages(total=5 if request.parity else 3)
+    with_proxy = request.parity and target.proxy is not None
+    stages = Stages(total=3 + (2 if request.parity else 0) + (1 if with_proxy else 0))
     with capture_log() as log, atomic_directory(output, force=request.force) as workdir:
         echo(f"sharp-export {__version__}: {target.name} {request.precision} export of preset '{request.preset}'")
         with stages.stage("build model"):
@@ -265,10 +206,14 @@ def run_export(request: ExportRequest, parity_hook: ParityHook | None = None) ->
         if request.parity:
             with stages.stage("reference forward (torch eager)"):
                 reference = _reference_outputs(model, example)
+        proxy = None
+        if with_proxy:
+            assert reference is not None and target.proxy is not None
+            with stages.stage(f"torch proxy of the {target.name} {request.precision} artifact"):
+                outputs = target.proxy(model, example, request)
+                proxy = None if outputs is None else gate_proxy(target, request.precision, outputs, reference)
         io = raw_io_spec(resolution, "batch" if request.dynamic_batch else 1)
-        ctx = ConvertContext(
-            model, example, request, target, workdir, stages, io, native_metadata(request, source), reference
-        )
+        ctx = ConvertContext(model, example, request, workdir, io, native_metadata(request, source))
         with stages.stage(f"convert to {target.name}"):
             result = target.convert(ctx)
         # The torch model can weigh 3 GB; the runner that checks parity needs that memory.
@@ -294,7 +239,10 @@ def run_export(request: ExportRequest, parity_hook: ParityHook | None = None) ->
         if request.parity:
             assert reference is not None
             with stages.stage("parity (artifact runner vs torch)"):
-                manifest.parity = hook(workdir, manifest, example, reference, target, request.device)
+                summary = hook(workdir, manifest, example, reference, target, request.device)
+                if summary is None:  # the target's hook says: the artifact runs here, use its runner
+                    summary = default_parity_hook(workdir, manifest, example, reference, target, request.device)
+            manifest.parity = apply_proxy(summary, proxy) if with_proxy else summary
         else:
             manifest.parity = {"status": "skipped", "reason": "--no-parity"}
         with stages.stage("write manifest"):

@@ -1,4 +1,4 @@
-"""Real sample photos for demos, parity and calibration: the ones shipped inside scikit-image's wheel.
+"""Inputs that need no user file: real sample photos (scikit-image's wheel) and the synthetic golden pattern.
 
 Only files that are part of the installed package are used; nothing is downloaded. (scikit-image
 fetches its larger data sets with pooch into a cache; these five are in the wheel itself.)
@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
+from sharp_export.contract import ExampleInputs
 from sharp_export.errors import UserInputError
 
 # name -> file name in skimage/data, with what the photo shows.
@@ -52,3 +55,33 @@ def sample_image_path(name: str) -> Path:
 
 def default_sample_path() -> Path:
     return sample_image_path(DEFAULT_SAMPLE)
+
+
+# ---- the synthetic test pattern: the export example input -----------------------------------------------
+
+
+def golden_pattern(resolution: int) -> np.ndarray:
+    """The golden bundle's synthetic test image (smooth colour waves + a soft disk) as uint8 [H, W, 3].
+
+    Deterministic and file-free; the same formula made the reference goldens (tests/data/golden_tiny), so
+    example outputs are comparable across machines.
+    """
+    coords = (np.arange(resolution, dtype=np.float64) + 0.5) / resolution
+    u, v = np.meshgrid(coords, coords)  # u along columns (x), v along rows (y)
+    red = 0.5 + 0.4 * np.sin(2 * np.pi * (1.5 * u + 0.1)) * np.cos(2 * np.pi * 0.75 * v)
+    green = 0.5 + 0.4 * np.sin(2 * np.pi * (1.25 * v + 0.3))
+    blue = 0.5 + 0.4 * np.cos(2 * np.pi * 0.8 * (u + v))
+    image = np.stack([red, green, blue], axis=-1)
+    alpha = 1.0 / (1.0 + np.exp((np.sqrt((u - 0.6) ** 2 + (v - 0.55) ** 2) - 0.18) / 0.01))
+    image = image * (1 - alpha[..., None]) + np.array([0.9, 0.3, 0.2]) * alpha[..., None]
+    return np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
+
+
+def example_inputs(resolution: int, batch: int = 1) -> ExampleInputs:
+    """Example batch: the golden pattern, mirrored for odd batch entries, disparity factors 1.0, 0.9, ..."""
+    import torch
+
+    base = torch.from_numpy(golden_pattern(resolution)).permute(2, 0, 1).float() / 255.0
+    images = [base if i % 2 == 0 else base.flip(-1) for i in range(batch)]
+    factors = torch.tensor([1.0 - 0.1 * (i % 5) for i in range(batch)], dtype=torch.float32)
+    return ExampleInputs(torch.stack(images).contiguous(), factors)

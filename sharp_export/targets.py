@@ -12,11 +12,15 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import importlib.util
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-PRECISIONS = ("fp32", "fp16", "int8")
+from sharp_export.contract import ConvertFn, OpenRunnerFn, ParityHook, ProxyFn, ValidateFn
+from sharp_export.errors import UserInputError
+
+# Every precision name a target row may list; what each target really offers is its own row.
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
 
 @dataclass(frozen=True)
@@ -44,20 +48,23 @@ class Target:
     description: str  # one line for --help
     precisions: tuple[str, ...]  # subset of PRECISIONS
     check_environment: Callable[[], str | None]  # None when usable here, else the reason and the install hint
-    # convert(ctx: sharp_export.export.ConvertContext) -> sharp_export.export.ConvertResult
-    convert: Callable[..., Any]
-    # open_runner(artifact_dir: Path, manifest: sharp_export.artifact.Manifest, device: str) -> Runner
-    open_runner: Callable[..., Any]
+    convert: ConvertFn  # see sharp_export/contract.py
+    open_runner: OpenRunnerFn
     default_precision: str = "fp32"
     supports_dynamic_batch: bool = False
     supports_calibration: bool = False
     devices: tuple[str, ...] = ("cpu",)  # devices the exported artifact can run on
     options: tuple[TargetOption, ...] = ()
+    # Parity tolerance rows per precision: precision -> profile name in sharp_export/parity/tolerances.py.
+    # A precision not named here uses the profile of the same name ("fp16" -> "fp16").
+    tolerance_profiles: Mapping[str, str] = field(default_factory=dict)
     # Optional extra check of target-specific option combinations; raises UserInputError before any work.
-    validate: Callable[..., None] | None = None
+    validate: ValidateFn | None = None
     # Optional parity check for targets whose artifacts cannot run here (Core ML off macOS); same signature as
     # sharp_export.export.default_parity_hook. None means: run the artifact through its own runner.
-    parity_hook: Callable[..., dict[str, Any]] | None = None
+    parity_hook: ParityHook | None = None
+    # Optional torch stand-in for the artifact, run while the model is loaded (contract.ProxyOutputs).
+    proxy: ProxyFn | None = None
 
     def __post_init__(self) -> None:
         unknown = [p for p in self.precisions if p not in PRECISIONS]
@@ -76,6 +83,18 @@ class Target:
         names = [o.name for o in self.options]
         if len(set(names)) != len(names):
             raise ValueError(f"target {self.name!r}: duplicate option names {names}")
+        from sharp_export.parity.tolerances import PROFILES  # plain data, no torch
+
+        for precision in self.precisions:
+            if self.tolerance_profile(precision) not in PROFILES:
+                raise ValueError(
+                    f"target {self.name!r}: no tolerance profile {self.tolerance_profile(precision)!r} for "
+                    f"{precision}; known: {', '.join(PROFILES)}"
+                )
+
+    def tolerance_profile(self, precision: str) -> str:
+        """Name of the tolerance rows that gate this target at ``precision``."""
+        return self.tolerance_profiles.get(precision, precision)
 
     def option(self, name: str) -> TargetOption:
         for opt in self.options:
@@ -118,8 +137,6 @@ def _ensure_loaded() -> None:
 def get_target(name: str) -> Target:
     _ensure_loaded()
     if name not in _REGISTRY:
-        from sharp_export.errors import UserInputError
-
         raise UserInputError(f"unknown target {name!r}; known targets: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]
 
@@ -128,6 +145,11 @@ def all_targets() -> list[Target]:
     """Registered targets in registration order."""
     _ensure_loaded()
     return list(_REGISTRY.values())
+
+
+def all_devices() -> tuple[str, ...]:
+    """Every device some registered target runs on, in first-seen order (for commands that open any artifact)."""
+    return tuple(dict.fromkeys(d for t in all_targets() for d in t.devices))
 
 
 def missing_packages(requirements: dict[str, str]) -> str | None:

@@ -6,7 +6,9 @@ from click.testing import CliRunner
 
 from sharp_export import __version__
 from sharp_export.cli import cli
-from sharp_export.commands.options import PRESET_NAMES
+from sharp_export.commands.options import PRESET_NAMES, REFERENCE_PRECISIONS
+from sharp_export.parity.tolerances import REFERENCE_PROFILES
+from sharp_export.reference.checkpoint import PRECISIONS as REFERENCE_DTYPES
 from sharp_export.reference.model.params import PRESETS
 
 
@@ -16,6 +18,41 @@ def invoke(*args):
 
 def test_preset_choices_match_the_presets_table():
     assert set(PRESET_NAMES) == set(PRESETS)
+
+
+def test_reference_precisions_are_one_list():
+    # Literal in the CLI (no torch at --help), so pinned here to the model's dtypes and the tolerance rows.
+    assert set(REFERENCE_PRECISIONS) == set(REFERENCE_DTYPES) == set(REFERENCE_PROFILES)
+
+
+def test_help_and_env_import_no_toolchain():
+    # A fresh interpreter: `sharp-export --help` (every target command generated) and `env` without torch.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from click.testing import CliRunner; from sharp_export.cli import cli; "
+        "r = CliRunner(); assert r.invoke(cli, ['--help']).exit_code == 0; "
+        "assert r.invoke(cli, ['onnx', '--help']).exit_code == 0; assert r.invoke(cli, ['env']).exit_code == 0; "
+        "heavy = [m for m in ('torch', 'onnx', 'onnxruntime', 'coremltools', 'tensorrt') if m in sys.modules]; "
+        "print(heavy)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
+def test_unexpected_errors_are_one_line_with_exit_5(monkeypatch, tmp_path):
+    from sharp_export.commands import predict
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("boom")
+
+    monkeypatch.setattr("sharp_export.reference.checkpoint.build_model", broken)
+    result = CliRunner().invoke(cli, ["predict", "--sample", "coffee", "-o", str(tmp_path), "--preset", "tiny",
+                                      "--seed", "0"])  # fmt: skip
+    assert result.exit_code == 5 and "Traceback" not in result.output, result.output
+    assert "unexpected ZeroDivisionError: boom" in result.output and "-v" in result.output
+    assert predict.command.name == "predict"
 
 
 def test_version_and_help_list_every_target():

@@ -19,6 +19,9 @@ from sharp_export import targets
 from sharp_export.artifact import read_manifest
 from sharp_export.commands.export import make_target_command, target_commands
 from sharp_export.commands.run import env_command
+from sharp_export.contract import ExportRequest
+from sharp_export.errors import UserInputError
+from sharp_export.export import validate_request
 from sharp_export.reference import checkpoint
 from sharp_export.reference.checkpoint import LoadedModel
 from sharp_export.reference.gaussians import Gaussians3D
@@ -113,9 +116,6 @@ def test_tensorrt_reports_its_missing_dependency(tmp_path, no_work):
 @pytest.mark.parametrize(
     ("args", "fragments"),
     [
-        (["--precision", "fp16"], ("target 'onnx' cannot export precision 'fp16'", "--precision fp32")),
-        (["--calib-data", "."], ("target 'onnx' takes no calibration data",)),
-        (["--device", "mps"], ("target 'onnx' runs on cpu, cuda, not 'mps'",)),
         (["--external-data", "never", "--preset", "sharp"], ("--external-data never cannot work",)),
         (["--opset", "3"], ("--opset 3 is not a valid ONNX opset",)),
         pytest.param(
@@ -128,6 +128,19 @@ def test_tensorrt_reports_its_missing_dependency(tmp_path, no_work):
 def test_invalid_combinations_fail_before_work(tmp_path, no_work, args, fragments):
     base = ["--preset", "tiny", "--seed", "0", "-o", str(tmp_path / "a")]
     assert_one_line_error(invoke("onnx", base + args), 1, *fragments)
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--precision", "fp16"], "'fp16' is not 'fp32'"),  # the row offers only what it can build
+        (["--calib-data", "."], "No such option '--calib-data'"),
+        (["--device", "mps"], "'mps' is not one of 'cpu', 'cuda'"),
+    ],
+)
+def test_flags_offer_only_what_the_row_can_do(tmp_path, no_work, args, fragment):
+    base = ["--preset", "tiny", "--seed", "0", "-o", str(tmp_path / "a")]
+    assert_one_line_error(invoke("onnx", base + args), 2, fragment)
 
 
 def test_weights_must_be_explicit(tmp_path, no_work):
@@ -160,8 +173,13 @@ def limited_target():
 
 def test_capabilities_are_enforced_for_any_target(tmp_path, no_work, limited_target):
     base = ["--preset", "tiny", "--seed", "0", "-o", str(tmp_path / "a")]
-    result = invoke("limited", base + ["--dynamic-batch"])
-    assert_one_line_error(result, 1, "target 'limited' does not support --dynamic-batch")
+    result = invoke("limited", base + ["--dynamic-batch"])  # not offered: the row has no dynamic batch
+    assert_one_line_error(result, 2, "No such option '--dynamic-batch'")
+    # The API path checks the same capabilities before any work.
+    with pytest.raises(UserInputError, match="does not support --dynamic-batch"):
+        validate_request(limited_target, ExportRequest("limited", tmp_path / "b", seed=0, dynamic_batch=True))
+    with pytest.raises(UserInputError, match="cannot export precision 'fp16'"):
+        validate_request(limited_target, ExportRequest("limited", tmp_path / "b", seed=0, precision="fp16"))
     result = invoke("limited", base + ["--precision", "int8"])
     assert_one_line_error(result, 1, "int8 needs calibration images", "--calib-data")
     result = invoke("limited", base + ["--precision", "int8", "--calib-data", str(tmp_path / "none")])
@@ -177,6 +195,10 @@ def test_help_lists_every_target_with_its_status():
     assert "[tensorrt not importable: pip install 'sharp-export[tensorrt]'" in lines["tensorrt"]
     result = CliRunner().invoke(group, ["onnx", "--help"], terminal_width=300)
     assert "--opset INTEGER" in result.output and "--external-data [auto|always|never]" in result.output
+    assert "--precision [fp32]" in result.output and "--calib-data" not in result.output
+    assert "--device [cpu|cuda]" in result.output and "--dynamic-batch" in result.output
+    coreml = CliRunner().invoke(group, ["coreml", "--help"], terminal_width=300).output
+    assert "--precision [fp32|fp16]" in coreml and "--fp16" in coreml and "--dynamic-batch" not in coreml
 
 
 def test_env_command_prints_the_report():
@@ -192,7 +214,8 @@ def test_failure_mid_export_leaves_no_artifact_and_no_temp_dir(tmp_path, standin
 
     replace_target("onnx", convert=broken_convert)
     result = invoke("onnx", ["--preset", "tiny", "--seed", "0", "-o", str(tmp_path / "out")])
-    assert result.exit_code != 0 and isinstance(result.exception, RuntimeError)
+    # An unexpected exception: one line naming it and the -v hint, exit 5, and nothing left behind.
+    assert_one_line_error(result, 5, "unexpected RuntimeError: converter crashed", "-v", after_work=True)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -203,14 +226,14 @@ def test_interrupt_mid_export_leaves_nothing(tmp_path, standin, replace_target):
 
     replace_target("onnx", convert=interrupted)
     result = invoke("onnx", ["--preset", "tiny", "--seed", "0", "-o", str(tmp_path / "out")])
-    assert result.exit_code != 0
+    assert_one_line_error(result, 130, "interrupted", after_work=True)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_opset_mismatch_is_a_conversion_error(tmp_path, standin, monkeypatch):
-    # The dynamo exporter may silently keep another opset than requested (spec 10.1: opset 17 on the full model
-    # came back as 18). Simulated where the opset is read back: a request for 19 that comes back as 18.
-    from sharp_export.converters import onnx as onnx_converter
+    # The dynamo exporter may silently keep another opset than requested (docs/architecture.md §10.2: opset 17 on
+    # the full model came back as 18). Simulated where the opset is read back: a request for 19 that comes back as 18.
+    from sharp_export.converters import onnx_export as onnx_converter
 
     monkeypatch.setattr(onnx_converter, "declared_opset", lambda path: 18)
     result = invoke("onnx", ["--preset", "tiny", "--seed", "0", "-o", str(tmp_path / "out"), "--opset", "19"])
@@ -271,7 +294,8 @@ def test_torch_model_is_freed_before_the_parity_runner_starts(tmp_path, monkeypa
     import gc
     import weakref
 
-    from sharp_export.export import ExportRequest, default_parity_hook, run_export
+    from sharp_export.contract import ExportRequest
+    from sharp_export.export import default_parity_hook, run_export
 
     alive = []
 

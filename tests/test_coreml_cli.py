@@ -55,13 +55,13 @@ def test_registered_row():
 @pytest.mark.parametrize(
     ("args", "code", "fragments"),
     [
-        (["--precision", "int8"], 1, ("target 'coreml' cannot export precision 'int8'", "fp32|fp16")),
-        (["--dynamic-batch"], 1, ("target 'coreml' does not support --dynamic-batch",)),
+        (["--precision", "int8"], 2, ("'int8' is not one of 'fp32', 'fp16'",)),  # only the row's precisions
+        (["--dynamic-batch"], 2, ("No such option '--dynamic-batch'",)),
         (["--compute-units", "cpu_and_ne"], 1, ("the Neural Engine computes only fp16", "--fp16")),
         (["--split", "pieces"], 2, ("Invalid value for '--split'",)),
         (["--deployment-target", "iOS16"], 2, ("Invalid value for '--deployment-target'",)),
         (["--compute-units", "ane"], 2, ("Invalid value for '--compute-units'",)),
-        (["--device", "cuda"], 1, ("target 'coreml' runs on cpu, not 'cuda'",)),
+        (["--device", "cuda"], 2, ("'cuda' is not 'cpu'",)),
     ],
 )
 def test_invalid_combinations_fail_before_work(tmp_path, no_work, args, code, fragments):
@@ -77,7 +77,7 @@ def test_missing_coremltools_is_one_line_exit_2(tmp_path, no_work, without_corem
 
 
 def test_missing_coremltools_in_the_library_api(tmp_path, without_coremltools):
-    from sharp_export.converters.coreml import convert_coreml
+    from sharp_export.converters.coreml.convert import convert_coreml
 
     with pytest.raises(MissingDependencyError, match=r"pip install 'sharp-export\[coreml\]'"):
         convert_coreml(object(), tmp_path, precision="fp16")

@@ -17,18 +17,20 @@ import torch
 pytest.importorskip("coremltools")
 
 from sharp_export.artifact import read_manifest  # noqa: E402
-from sharp_export.converters import coreml as coreml_module  # noqa: E402
-from sharp_export.converters.coreml import MODEL_FILE, REFERENCE_FILE, grid_io_spec, parity_hook  # noqa: E402
-from sharp_export.converters.coreml_graph import DEFAULT_PINNED, REGION_NETWORK  # noqa: E402
-from sharp_export.converters.coreml_mil import (  # noqa: E402
-    SENSITIVE_OP_TYPES,
+from sharp_export.contract import ExportRequest
+from sharp_export.converters.coreml import convert as coreml_module  # noqa: E402
+from sharp_export.converters.coreml.capture import DEFAULT_PINNED, REGION_NETWORK  # noqa: E402
+from sharp_export.converters.coreml.io import grid_io_spec  # noqa: E402
+from sharp_export.converters.coreml.mil_checks import (  # noqa: E402
     check_program,
     find_high_rank,
     find_inverse_ops,
     summarize_mil,
     summarize_spec,
 )
-from sharp_export.export import ExportRequest, run_export  # noqa: E402
+from sharp_export.converters.coreml.mil_overrides import SENSITIVE_OP_TYPES  # noqa: E402
+from sharp_export.converters.coreml.target import MODEL_FILE, REFERENCE_FILE, parity_hook  # noqa: E402
+from sharp_export.export import run_export  # noqa: E402
 from sharp_export.reference.gaussians import GAUSSIAN_FIELDS  # noqa: E402
 
 RESOLUTION = 384  # tiny preset
@@ -126,9 +128,9 @@ def test_fp16_program_pins_tail_and_group_norm(exports):
 
 def test_fp16_proxy_parity_recorded(exports):
     manifest = read_manifest(exports["fp16"]["dir"])
-    proxy = manifest.conversion["fp16_proxy"]
+    proxy = manifest.parity["proxy"]
     assert proxy["label"].startswith("PROXY") and proxy["passed"]
-    assert manifest.parity["proxy"]["passed"]
+    assert manifest.parity["status"] == "deferred"
     metrics = proxy["metrics"]
     # Measured on the golden pattern, tiny perturbed weights (torch 2.13 CPU); bounds ~2x the measurement.
     assert metrics["means_rel_depth"]["max"] < 6e-3  # measured 2.98e-3 (p99 1.67e-3)
@@ -181,7 +183,7 @@ def test_runner_refuses_on_linux(exports):
 
 
 def test_grids_flatten_to_gaussian_layout():
-    from sharp_export.converters.coreml_graph import grids_to_gaussians
+    from sharp_export.runtime.coreml_runner import grids_to_gaussians
 
     grids = [torch.zeros(1, 2 * c, 4, 4) for c in (3, 3, 4, 3, 1)]
     grids[0][0, 5, 2, 3] = 7.0  # component 2 (z), layer 1, row 2, col 3 -> n = 1*16 + 2*4 + 3

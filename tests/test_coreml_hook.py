@@ -1,16 +1,16 @@
-"""The Core ML parity hook off macOS: stores the reference, defers to a Mac, fails on a failing fp16 proxy."""
+"""The Core ML parity hook off macOS (stores the reference, defers to a Mac) and how a proxy gates it."""
 
 from __future__ import annotations
 
 import sys
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
-from sharp_export.converters.coreml import REFERENCE_FILE, parity_hook
-from sharp_export.export import ExampleInputs
+from sharp_export.contract import ExampleInputs
+from sharp_export.converters.coreml.target import REFERENCE_FILE, parity_hook
+from sharp_export.export import apply_proxy
 from sharp_export.reference.gaussians import Gaussians3D
 
 pytestmark = pytest.mark.skipif(sys.platform == "darwin", reason="on macOS the hook runs the real runner")
@@ -30,24 +30,23 @@ def _proxy(passed: bool) -> dict:
 
 def test_deferred_with_reference_bundle(tmp_path):
     example, reference = _inputs()
-    manifest = SimpleNamespace(conversion={"fp16_proxy": _proxy(True)})
-    summary = parity_hook(tmp_path, manifest, example, reference, None)
+    summary = parity_hook(tmp_path, None, example, reference, None)
     assert summary["status"] == "deferred" and "macOS" in summary["reason"]
-    assert summary["proxy"]["passed"] is True
     stored = np.load(tmp_path / REFERENCE_FILE)
     np.testing.assert_array_equal(stored["mean_vectors"], reference.mean_vectors.numpy())
     np.testing.assert_array_equal(stored["image"], example.image.numpy())
 
 
-def test_failing_fp16_proxy_fails_parity(tmp_path):
-    example, reference = _inputs()
-    manifest = SimpleNamespace(conversion={"fp16_proxy": _proxy(False)})
-    summary = parity_hook(tmp_path, manifest, example, reference, None)
+def test_passing_proxy_keeps_the_check_deferred():
+    summary = apply_proxy({"status": "deferred"}, _proxy(True))
+    assert summary["status"] == "deferred" and summary["proxy"]["passed"] is True
+
+
+def test_failing_proxy_fails_a_deferred_check():
+    summary = apply_proxy({"status": "deferred"}, _proxy(False))
     assert summary["status"] == "failed"
-    assert summary["failures"] == ["means_rel_depth (fp16 proxy)"]
+    assert summary["failures"] == ["means_rel_depth (proxy)"]
 
 
-def test_fp32_has_no_proxy(tmp_path):
-    example, reference = _inputs()
-    summary = parity_hook(tmp_path, SimpleNamespace(conversion={}), example, reference, None)
-    assert summary["status"] == "deferred" and summary["proxy"] is None
+def test_no_proxy_for_fp32():
+    assert apply_proxy({"status": "deferred"}, None) == {"status": "deferred", "proxy": None}

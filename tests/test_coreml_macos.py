@@ -21,8 +21,9 @@ pytestmark = [
 @pytest.fixture(scope="module", params=[("fp32", "none"), ("fp16", "none"), ("fp16", "components")])
 def artifact(request, golden_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("coremltools")
-    from sharp_export.converters.coreml import parity_hook
-    from sharp_export.export import ExportRequest, run_export
+    from sharp_export.contract import ExportRequest
+    from sharp_export.converters.coreml.target import parity_hook
+    from sharp_export.export import run_export
 
     precision, split = request.param
     out = tmp_path_factory.mktemp("coreml_mac") / f"{precision}_{split}"

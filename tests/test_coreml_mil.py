@@ -15,22 +15,15 @@ from torch import nn
 
 ct = pytest.importorskip("coremltools")
 
-from sharp_export.converters.coreml_graph import (  # noqa: E402
-    DEFAULT_PINNED,
-    REGION_TAIL,
-    DecomposedGroupNorm,
-    fold_flatten_amin,
-    forward_grids_plan,
-    fp16_proxy_outputs,
-)
-from sharp_export.converters.coreml_mil import (  # noqa: E402
+from sharp_export.converters.coreml.capture import DEFAULT_PINNED, REGION_TAIL, fold_flatten_amin  # noqa: E402
+from sharp_export.converters.coreml.fp16_proxy import DecomposedGroupNorm, Fp16Plan, fp16_proxy_outputs  # noqa: E402
+from sharp_export.converters.coreml.mil_checks import (  # noqa: E402
     find_high_rank,
     find_inverse_ops,
     find_large_dimensions,
-    fp16_op_selector,
-    frontend_overrides,
     summarize_mil,
 )
+from sharp_export.converters.coreml.mil_overrides import fp16_op_selector, frontend_overrides  # noqa: E402
 from sharp_export.parity.compare import compare_gaussians  # noqa: E402
 
 
@@ -130,8 +123,8 @@ def test_untagged_sensitive_ops_stay_fp32():
 
 @pytest.fixture(scope="module")
 def tiny(golden_dir):
-    from sharp_export.export import example_inputs
     from sharp_export.reference.checkpoint import build_model
+    from sharp_export.samples import example_inputs
 
     model = build_model("tiny", checkpoint=golden_dir / "weights_perturbed.safetensors").model.eval()
     example = example_inputs(model.resolution, 1)
@@ -140,11 +133,12 @@ def tiny(golden_dir):
     return model, example, reference
 
 
-def test_plan_forward_mirrors_forward_grids(tiny):
+def test_fp16_plan_without_rounding_is_the_eager_forward(tiny):
+    # The proxy runs the predictor's own forward; with no rounding mode its plan must change nothing.
     model, example, _ = tiny
     with torch.no_grad():
         expected = model.forward_grids(example.image, example.disparity_factor)
-        found = forward_grids_plan(model, example.image, example.disparity_factor)
+        found = model.forward_grids(example.image, example.disparity_factor, Fp16Plan(None))
     for a, b in zip(found, expected, strict=True):
         assert torch.equal(a, b)
 

@@ -10,11 +10,13 @@ import torch
 pytest.importorskip("coremltools")
 
 from sharp_export.artifact import IOSpec, read_manifest  # noqa: E402
-from sharp_export.converters.coreml_mil import check_program, summarize_spec  # noqa: E402
-from sharp_export.converters.coreml_split import PIECES, piece_shapes, run_pieces  # noqa: E402
-from sharp_export.export import ExportRequest, example_inputs, run_export  # noqa: E402
+from sharp_export.contract import ExportRequest  # noqa: E402
+from sharp_export.converters.coreml.mil_checks import check_program, summarize_spec  # noqa: E402
+from sharp_export.converters.coreml.split import PIECES, piece_shapes, run_pieces  # noqa: E402
+from sharp_export.export import run_export  # noqa: E402
 from sharp_export.reference.checkpoint import build_model  # noqa: E402
 from sharp_export.runtime.coreml_runner import artifact_packages  # noqa: E402
+from sharp_export.samples import example_inputs  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -77,16 +79,16 @@ def test_split_pieces_pass_their_checks(split_fp16):
     assert manifest.io.outputs[0].shape == (1, 6, 192, 192)  # the chain's I/O equals the unsplit model's
 
 
-def test_each_piece_has_a_proxy_parity_line(tiny):
-    from sharp_export.converters.coreml_split import piece_proxy_parity
+def test_each_piece_has_a_proxy_error_line(tiny):
+    from sharp_export.converters.coreml.split import piece_proxy_errors
 
     model, example = tiny
-    lines = piece_proxy_parity(model, example.image, example.disparity_factor)
+    lines = piece_proxy_errors(model, example.image, example.disparity_factor)
     assert list(lines) == [piece.name for piece in PIECES]
     # fp16 proxy of each piece alone vs fp32, max |error| / max |value| (tiny golden, perturbed weights).
     assert max(lines["patch_encoder"].values()) < 5e-3  # measured 2.5e-3 (x0_features)
     assert max(lines["monodepth"].values()) < 2.5e-3  # measured 1.2e-3 (disparity)
     gaussians = lines["gaussians"]
-    assert gaussians["means_rel_depth_max"] < 1.5e-3  # measured 7.3e-4: the tail is fp32
-    assert gaussians["scales_log_max"] < 7e-3  # measured 3.4e-3
-    assert gaussians["colors_abs_max"] < 2e-4  # measured 8.2e-5
+    assert gaussians["mean_vectors"] < 7e-4  # measured 3.2e-4: the tail is fp32
+    assert gaussians["singular_values"] < 3e-3  # measured 1.3e-3
+    assert gaussians["colors"] < 2e-4  # measured 1.0e-4

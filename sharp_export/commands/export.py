@@ -1,16 +1,13 @@
-"""One click command per registered target, generated from the registry.
+"""One click command per registered target, generated from its registry row.
 
-Every target command shares the model options (--preset, -c/--checkpoint, --seed), -o/--output,
---precision, --dynamic-batch, --calib-data, --device, --no-parity and --force, plus the target's own
-``TargetOption`` flags. Flags a target cannot honour are still accepted by the parser so that the user
-gets a sentence saying why ("target 'x' does not support --dynamic-batch") rather than "no such option";
-all such checks run before any work. Usage errors are one line on stderr (exit 2 for click's parse errors,
-the ``SharpExportError`` exit codes otherwise), never a traceback.
+Every target command has the model options (--preset, -c/--checkpoint, --seed), -o/--output, --precision
+(choices: the row's precisions), --device (the row's devices), --no-parity and --force; --fp16,
+--dynamic-batch and --calib-data only where the row supports them; plus the row's own ``TargetOption``
+flags. Generating the commands imports no toolchain and not torch: `sharp-export --help` stays instant.
 """
 
 from __future__ import annotations
 
-import functools
 import shlex
 from collections.abc import Callable
 from pathlib import Path
@@ -18,11 +15,10 @@ from typing import Any
 
 import click
 
+from sharp_export.commands.base import OneLineCommand
 from sharp_export.commands.options import model_options
-from sharp_export.errors import SharpExportError
-from sharp_export.targets import PRECISIONS, Target, all_targets
+from sharp_export.targets import Target, TargetOption, all_targets
 
-DEVICES = ("cpu", "cuda", "mps")
 # Names taken by the shared options; a TargetOption must not reuse them.
 COMMON_PARAMS = (
     "preset",
@@ -39,43 +35,6 @@ COMMON_PARAMS = (
 )
 
 
-class OneLineError(click.ClickException):
-    """Shown as a single 'error: ...' line; carries the exit code of the error it stands for."""
-
-    def __init__(self, message: str, exit_code: int):
-        super().__init__(message)
-        self.exit_code = exit_code
-
-    def show(self, file: Any = None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
-
-
-def report_errors(function: Callable) -> Callable:
-    """Turn a SharpExportError into one line + its exit code, also outside the main CLI group."""
-
-    @functools.wraps(function)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return function(*args, **kwargs)
-        except SharpExportError as error:
-            raise OneLineError(error.one_line(), error.exit_code) from None
-
-    return wrapper
-
-
-class OneLineCommand(click.Command):
-    """A click command whose usage errors (unknown option, bad value) are one line, exit code 2."""
-
-    def make_context(
-        self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any
-    ) -> click.Context:
-        try:
-            return super().make_context(info_name, args, parent=parent, **extra)
-        except click.UsageError as error:
-            prefix = f"{parent.command_path} {info_name}" if parent is not None else (info_name or self.name)
-            raise OneLineError(f"{prefix}: {error.format_message()}", error.exit_code) from None
-
-
 class TargetCommand(OneLineCommand):
     """Adds the target's status ('usable' or why not) to its line in the group's --help."""
 
@@ -87,7 +46,7 @@ class TargetCommand(OneLineCommand):
         return f"{self.target.description} [{self.target.status()}]"
 
 
-def _target_option(opt: Any) -> Callable:
+def _target_option(opt: TargetOption) -> Callable:
     if opt.name in COMMON_PARAMS:
         raise ValueError(f"target option {opt.name!r} clashes with a shared option")
     if opt.type is bool:
@@ -105,9 +64,9 @@ def reproduce_command(target: Target, params: dict[str, Any]) -> str:
     if params["seed"] is not None:
         argv += ["--seed", str(params["seed"])]
     argv += ["-o", str(params["output"]), "--precision", params["precision"]]
-    if params["dynamic_batch"]:
+    if params.get("dynamic_batch"):
         argv.append("--dynamic-batch")
-    if params["calib_data"] is not None:
+    if params.get("calib_data") is not None:
         argv += ["--calib-data", str(params["calib_data"])]
     argv += ["--device", params["device"]]
     for opt in target.options:
@@ -125,10 +84,10 @@ def make_target_command(target: Target) -> click.Command:
     """Build `sharp-export <target>` from the registry row."""
     default_device = "cpu" if "cpu" in target.devices else target.devices[0]
 
-    @report_errors
     def callback(**params: Any) -> None:
+        from sharp_export.contract import ExportRequest
         from sharp_export.errors import UserInputError
-        from sharp_export.export import ExportRequest, run_export  # torch is imported only when a command runs
+        from sharp_export.export import run_export  # torch is imported only when a command runs
 
         # --fp16 is a shorthand; an explicit different --precision is a conflict, never silently overridden.
         if params.pop("fp16_flag", False):
@@ -144,8 +103,8 @@ def make_target_command(target: Target) -> click.Command:
             checkpoint=params["checkpoint"],
             seed=params["seed"],
             precision=params["precision"],
-            dynamic_batch=params["dynamic_batch"],
-            calib_data=params["calib_data"],
+            dynamic_batch=params.get("dynamic_batch", False),
+            calib_data=params.get("calib_data"),
             device=params["device"],
             parity=params["parity"],
             force=params["force"],
@@ -166,32 +125,38 @@ def make_target_command(target: Target) -> click.Command:
         ),
         click.option(
             "--precision",
-            type=click.Choice(list(PRECISIONS)),
+            type=click.Choice(list(target.precisions)),
             default=None,
-            help=f"This target supports: {', '.join(target.precisions)} (default {target.default_precision}).",
+            help=f"Precision of the artifact (default {target.default_precision}).",
         ),
         *(
             [click.option("--fp16", "fp16_flag", is_flag=True, help="Shorthand for --precision fp16.")]
             if "fp16" in target.precisions
             else []
         ),
-        click.option(
-            "--dynamic-batch",
-            is_flag=True,
-            help="Dynamic batch dimension" + ("." if target.supports_dynamic_batch else " (not supported)."),
+        *(
+            [click.option("--dynamic-batch", is_flag=True, help="Dynamic batch dimension.")]
+            if target.supports_dynamic_batch
+            else []
         ),
-        click.option(
-            "--calib-data",
-            type=click.Path(path_type=Path),
-            default=None,
-            help="Calibration images for int8" + ("." if target.supports_calibration else " (not supported)."),
+        *(
+            [
+                click.option(
+                    "--calib-data",
+                    type=click.Path(path_type=Path),
+                    default=None,
+                    help="Calibration images for reduced precision.",
+                )
+            ]
+            if target.supports_calibration
+            else []
         ),
         click.option(
             "--device",
-            type=click.Choice(list(DEVICES)),
+            type=click.Choice(list(target.devices)),
             default=default_device,
             show_default=True,
-            help=f"Device the artifact runs on for parity: {', '.join(target.devices)}.",
+            help="Device the artifact runs on for parity.",
         ),
         click.option(
             "--parity/--no-parity",

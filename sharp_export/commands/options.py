@@ -8,6 +8,8 @@ import click
 
 # Kept literal so `--help` does not import torch; tests/test_cli_basics.py checks it equals the PRESETS table.
 PRESET_NAMES = ("sharp", "tiny")
+# Precisions of the eager reference (autocast); literal for the same reason, checked against reference.checkpoint.
+REFERENCE_PRECISIONS = ("fp32", "fp16", "bf16")
 
 
 def model_options(function: Callable) -> Callable:

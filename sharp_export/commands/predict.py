@@ -7,18 +7,19 @@ from pathlib import Path
 
 import click
 
-from sharp_export.commands.options import model_options, ply_format_options
+from sharp_export.commands.base import OneLineCommand
+from sharp_export.commands.options import REFERENCE_PRECISIONS, model_options, ply_format_options
 from sharp_export.progress import echo
 
 
-@click.command("predict")
+@click.command("predict", cls=OneLineCommand)
 @click.argument("inputs", nargs=-1, type=click.Path(path_type=Path))
 @click.option("-o", "--output", "out_dir", type=click.Path(path_type=Path), required=True, help="Output directory.")
 @model_options
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
 @click.option(
     "--precision",
-    type=click.Choice(["fp32", "fp16", "bf16"]),
+    type=click.Choice(list(REFERENCE_PRECISIONS)),
     default="fp32",
     show_default=True,
     help="Network precision (autocast); the depth-to-Gaussian tail always stays fp32.",
@@ -48,9 +49,10 @@ def command(
 
     from sharp_export.errors import UserInputError
     from sharp_export.pipeline import gaussians_for_image, resolve_device
-    from sharp_export.reference.checkpoint import autocast_context, build_model
+    from sharp_export.reference.checkpoint import build_model
     from sharp_export.reference.ply import save_ply
     from sharp_export.reference.preprocess import list_images
+    from sharp_export.runtime.torch_runner import TorchRunner
 
     paths = list(inputs)
     if sample is not None:
@@ -71,14 +73,12 @@ def command(
         f"({time.perf_counter() - start:.1f} s to build)"
     )
 
-    def infer(image, disparity_factor):  # [1, 3, R, R], [1]
-        with torch.no_grad(), autocast_context(loaded, torch_device):
-            return loaded.model(image, disparity_factor)
-
+    runner = TorchRunner(loaded, str(torch_device)).open()
     out_dir.mkdir(parents=True, exist_ok=True)
     suffix = ".splat" if ply_format == "splat" else ".ply"
     for index, path in enumerate(images, start=1):
-        prediction = gaussians_for_image(path, infer, loaded.model.resolution, torch_device)
+        # The same path as `run`: preprocessing on the CPU, the runner moves the batch to its device.
+        prediction = gaussians_for_image(path, runner.infer, loaded.model.resolution, torch.device("cpu"))
         target = out_dir / f"{path.stem}{suffix}"
         save_ply(prediction.gaussians, prediction.meta, target, format=ply_format, y_up=y_up)
         t = prediction.seconds

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from sharp_export.commands.base import OneLineCommand
 from sharp_export.progress import echo
 
 _RESOLUTION = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
@@ -25,7 +26,7 @@ def parse_resolution(text: str | None) -> tuple[int, int] | None:
     return int(match.group(1)), int(match.group(2))
 
 
-@click.command("render")
+@click.command("render", cls=OneLineCommand)
 @click.argument("scenes", nargs=-1, type=click.Path(path_type=Path))
 @click.option("-o", "--output", "out_dir", type=click.Path(path_type=Path), required=True, help="Output directory.")
 @click.option(

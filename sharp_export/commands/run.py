@@ -12,9 +12,10 @@ from pathlib import Path
 
 import click
 
-from sharp_export.commands.export import OneLineCommand, report_errors
+from sharp_export.commands.base import OneLineCommand
 from sharp_export.commands.options import ply_format_options
 from sharp_export.progress import echo
+from sharp_export.targets import all_devices
 
 
 @click.command("run", cls=OneLineCommand)
@@ -22,9 +23,8 @@ from sharp_export.progress import echo
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--output", "out_dir", type=click.Path(path_type=Path), required=True, help="Output directory.")
 @ply_format_options
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--device", type=click.Choice(list(all_devices())), default="cpu", show_default=True)
 @click.option("--verify", is_flag=True, help="Re-hash every artifact file against its manifest before loading.")
-@report_errors
 def run_command(
     artifact: Path,
     inputs: tuple[Path, ...],
@@ -75,10 +75,12 @@ def run_command(
 
 @click.command("env", cls=OneLineCommand)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@report_errors
-def env_command(as_json: bool) -> None:
+@click.option(
+    "--probe", is_flag=True, help="Also import torch and onnxruntime to report CUDA and ORT providers (~2 s)."
+)
+def env_command(as_json: bool, probe: bool) -> None:
     """Versions of torch and every optional backend, and which targets are usable here (for issue reports)."""
     from sharp_export.env import environment_report, format_environment
 
-    report = environment_report()
+    report = environment_report(include_runtime_probes=probe)
     click.echo(json.dumps(report, indent=2) if as_json else format_environment(report))

@@ -12,31 +12,38 @@ Typical use::
     print(format_table(report)); json.dump(to_json(report), f); raise_if_failed(report)
 """
 
-from sharp_export.parity.compare import AttributeResult, compare_gaussians
-from sharp_export.parity.lpips import LPIPS, load_lpips, lpips_status
-from sharp_export.parity.metrics import depth_error, psnr, ssim
-from sharp_export.parity.report import ParityReport, format_table, raise_if_failed, to_json
-from sharp_export.parity.tolerances import TOLERANCES, Tolerance, load_tolerances
-from sharp_export.parity.views import ViewResult, compare_renders, compare_views, render_views
+from __future__ import annotations
 
-__all__ = [
-    "LPIPS",
-    "TOLERANCES",
-    "AttributeResult",
-    "ParityReport",
-    "Tolerance",
-    "ViewResult",
-    "compare_gaussians",
-    "compare_renders",
-    "compare_views",
-    "depth_error",
-    "format_table",
-    "load_lpips",
-    "load_tolerances",
-    "lpips_status",
-    "psnr",
-    "raise_if_failed",
-    "render_views",
-    "ssim",
-    "to_json",
-]
+import importlib
+from typing import Any
+
+# Exported name -> submodule. Imported on first use, so that `sharp_export.parity.tolerances` (plain data,
+# read by the target registry) can be imported without torch.
+_EXPORTS = {
+    "AttributeResult": "compare",
+    "compare_gaussians": "compare",
+    "LPIPS": "lpips",
+    "load_lpips": "lpips",
+    "lpips_status": "lpips",
+    "depth_error": "metrics",
+    "psnr": "metrics",
+    "ssim": "metrics",
+    "ParityReport": "report",
+    "format_table": "report",
+    "raise_if_failed": "report",
+    "to_json": "report",
+    "PROFILES": "tolerances",
+    "Tolerance": "tolerances",
+    "load_tolerances": "tolerances",
+    "ViewResult": "views",
+    "compare_renders": "views",
+    "compare_views": "views",
+    "render_views": "views",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)

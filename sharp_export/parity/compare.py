@@ -48,8 +48,9 @@ import torch
 
 from sharp_export.errors import UserInputError
 from sharp_export.parity.tolerances import Tolerance
+from sharp_export.reference.gaussians import GAUSSIAN_FIELDS
 
-FIELDS = ("mean_vectors", "singular_values", "quaternions", "colors", "opacities")
+FIELDS = GAUSSIAN_FIELDS  # the five raw attributes, in Gaussians3D order
 _LAST_DIM = {"mean_vectors": 3, "singular_values": 3, "quaternions": 4, "colors": 3, "opacities": None}
 DEPTH_EPS = 1e-6  # z below this (never in SHARP: z >= 1/(1e4 + 1e-3)) would make relative errors explode
 Space = Literal["raw", "unprojected"]

@@ -201,3 +201,85 @@ def check_golden(
         report.attributes += attributes
         report.views += view_results
     return report
+
+
+# ---- what `sharp-export parity` does, as functions ----------------------------------------------------------
+
+
+def reference_weights(manifest: Any, checkpoint: str | None, seed: int | None) -> tuple[str | None, int | None]:
+    """-c/--seed when given, else what the artifact was exported from (its checkpoint path or seed)."""
+    if checkpoint is not None or seed is not None:
+        return checkpoint, seed
+    source = manifest.source if manifest is not None else {}
+    if source.get("seed") is not None:
+        return None, int(source["seed"])
+    path = source.get("checkpoint_path")
+    if path and Path(path).is_file():
+        return path, None
+    raise UserInputError(
+        "no reference weights: the artifact's checkpoint is not at its recorded path",
+        fix="pass -c CHECKPOINT (the one the artifact was exported from) or use --golden DIR",
+    )
+
+
+def write_reference_golden(
+    directory: Path,
+    preset: str,
+    checkpoint: str | None,
+    seed: int | None,
+    image_paths: Sequence[Path],
+    poses: Sequence[str],
+) -> Path:
+    """Build the reference model and write a golden bundle of it on ``image_paths``."""
+    from sharp_export.reference.checkpoint import build_model
+    from sharp_export.runtime.torch_runner import TorchRunner
+
+    loaded = build_model(preset, checkpoint, seed)
+    resolution = int(loaded.model.resolution)
+    inputs = load_inputs(image_paths, resolution)
+    source = {"preset": preset, "label": loaded.source_label, "checkpoint_sha256": loaded.checkpoint_sha256}
+    with TorchRunner(loaded) as reference:
+        return write_golden(directory, reference.infer, inputs, poses, resolution, source)
+
+
+def check_artifact(
+    artifact: Path,
+    *,
+    tolerances: dict,
+    poses: Sequence[str],
+    lpips_model: Any,
+    device: str = "cpu",
+    golden: Path | None = None,
+    image_paths: Sequence[Path] = (),
+    preset: str = "sharp",
+    checkpoint: str | None = None,
+    seed: int | None = None,
+) -> ParityReport:
+    """An artifact against a golden bundle (``golden``), else against the reference model on ``image_paths``.
+
+    The reference weights are -c/--seed when given, else the artifact's own source; a checkpoint whose
+    sha256 differs from the artifact's is refused.
+    """
+    from sharp_export.artifact import read_manifest
+    from sharp_export.reference.checkpoint import build_model
+    from sharp_export.runtime.base import open_runner
+    from sharp_export.runtime.torch_runner import TorchRunner
+
+    manifest = read_manifest(artifact)
+    meta: dict[str, Any] = {"artifact": str(artifact), "target": manifest.target, "precision": manifest.precision}
+    with open_runner(artifact, device) as runner:
+        if golden is not None:
+            return check_golden(golden, runner.infer, tolerances, lpips_model, meta, max_poses=len(poses))
+        loaded = build_model(manifest.source.get("preset", preset), *reference_weights(manifest, checkpoint, seed))
+        expected = manifest.source.get("checkpoint_sha256")
+        if expected and loaded.checkpoint_sha256 != expected:
+            raise UserInputError(
+                f"reference checkpoint sha256 {loaded.checkpoint_sha256[:12]} differs from the artifact's "
+                f"{expected[:12]}",
+                fix="pass the checkpoint the artifact was exported from",
+            )
+        meta["reference"] = loaded.source_label
+        resolution = int(loaded.model.resolution)
+        inputs = load_inputs(image_paths or default_image_paths(), resolution)
+        with TorchRunner(loaded) as reference:
+            return run_parity(runner.infer, reference.infer, inputs, tolerances, poses, lpips_model, resolution, meta)

@@ -33,9 +33,6 @@ from sharp_export.errors import UserInputError
 
 Statistic = Literal["max", "p99"]
 
-TARGETS = ("torch", "onnx", "coreml", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
-
 # Gaussian metrics (compare_gaussians). covariance_rel is only gated for unprojected Gaussians, where
 # SVD-derived quaternions are not unique for (near-)isotropic Gaussians (see compare.py).
 GAUSSIAN_METRICS = (
@@ -65,129 +62,132 @@ class Tolerance:
         return "provisional" in self.note
 
 
-# -- notes shared by several rows (the measurements they quote are in shared/spec) -------------------
-_ORT = "measured ORT 1.32 CPU vs torch eager, full model, perturbed weights (spec 10.2)"
-_BF16 = "measured torch eager bf16 autocast vs fp32 on CPU, full model, random weights (toolchain-facts)"
-_INT8 = "measured ORT dynamic int8 (MatMul only) vs fp32 on CPU, full model, random weights (toolchain-facts)"
+# -- notes shared by several rows ----------------------------------------------------------------------
+_ORT = "measured ORT 1.32 CPU vs torch eager, full model, perturbed weights (docs/architecture.md §10.3)"
+_BF16 = "measured torch eager bf16 autocast vs fp32 on CPU, full model, random weights (docs/architecture.md §9.2)"
+_INT8 = "measured ORT dynamic int8 (MatMul only) vs fp32 on CPU, full model, random weights (docs/architecture.md §9.2)"
 _PROV = "not measured: provisional"
 _VIEW32 = f"{_PROV}; fp32 renders should sit far inside (ml-ane-transformers gates torch parity at 60 dB)"
 
 T = Tolerance
-_SAME = "measured same machine: 0 (torch.export bit-identical to eager, spec 10.1); across machines as onnx fp32"
+_SAME = (
+    "measured same machine: 0 (torch.export bit-identical to eager, docs/architecture.md §10.1); "
+    "across machines as onnx fp32"
+)
 _TF32 = f"{_PROV}; TensorRT enables TF32 in fp32 engines by default (10-bit mantissa), so p99"
-# fmt: off
-TOLERANCES: dict[tuple[str, str, str], Tolerance] = {
-    # ---- onnx fp32: the measured anchor
-    ("onnx", "fp32", "means_rel_depth"): T(1e-3, "max", f"{_ORT}: z rel err max 1.9e-4, p99 2.4e-5; x5"),
-    ("onnx", "fp32", "scales_log"): T(2e-3, "max", f"{_ORT}: abs 4.6e-3 at scales up to 25.9 (log err "
-                                                   "~1.8e-4, scale ~ z); x10, log err not measured directly"),
-    ("onnx", "fp32", "quat_angle_deg"): T(0.5, "max", f"{_ORT}: component abs 5.95e-4 at |q| >= 1.3 "
-                                                      "(~0.05 deg); x10, angle not measured directly"),
-    ("onnx", "fp32", "covariance_rel"): T(5e-3, "max", f"{_PROV}; ~2x scales_log plus rotation"),
-    ("onnx", "fp32", "colors_abs"): T(1e-4, "max", f"{_ORT}: max 1.53e-5; x6"),
-    ("onnx", "fp32", "opacities_abs"): T(5e-4, "max", f"{_ORT}: max 1.26e-4; x4"),
-    ("onnx", "fp32", "psnr_min_db"): T(45.0, "max", _VIEW32),
-    ("onnx", "fp32", "ssim_min"): T(0.995, "max", _VIEW32),
-    ("onnx", "fp32", "lpips_max"): T(0.01, "max", _VIEW32),
-    # ---- torch fp32 (torch.export, or eager on another machine / thread count)
-    ("torch", "fp32", "means_rel_depth"): T(1e-3, "max", _SAME),
-    ("torch", "fp32", "scales_log"): T(2e-3, "max", _SAME),
-    ("torch", "fp32", "quat_angle_deg"): T(0.5, "max", _SAME),
-    ("torch", "fp32", "covariance_rel"): T(5e-3, "max", f"{_PROV}; as onnx fp32"),
-    ("torch", "fp32", "colors_abs"): T(1e-4, "max", _SAME),
-    ("torch", "fp32", "opacities_abs"): T(5e-4, "max", _SAME),
-    ("torch", "fp32", "psnr_min_db"): T(45.0, "max", _VIEW32),
-    ("torch", "fp32", "ssim_min"): T(0.995, "max", _VIEW32),
-    ("torch", "fp32", "lpips_max"): T(0.01, "max", _VIEW32),
-    # ---- coreml fp32 (CPU / GPU compute units; the ANE is fp16 only)
-    ("coreml", "fp32", "means_rel_depth"): T(2e-3, "max", f"{_PROV}; onnx fp32 x2"),
-    ("coreml", "fp32", "scales_log"): T(4e-3, "max", f"{_PROV}; onnx fp32 x2"),
-    ("coreml", "fp32", "quat_angle_deg"): T(1.0, "max", f"{_PROV}; onnx fp32 x2"),
-    ("coreml", "fp32", "covariance_rel"): T(1e-2, "max", f"{_PROV}; onnx fp32 x2"),
-    ("coreml", "fp32", "colors_abs"): T(2e-4, "max", f"{_PROV}; onnx fp32 x2"),
-    ("coreml", "fp32", "opacities_abs"): T(1e-3, "max", f"{_PROV}; onnx fp32 x2"),
-    ("coreml", "fp32", "psnr_min_db"): T(45.0, "max", _VIEW32),
-    ("coreml", "fp32", "ssim_min"): T(0.995, "max", _VIEW32),
-    ("coreml", "fp32", "lpips_max"): T(0.01, "max", _VIEW32),
-    # ---- tensorrt fp32
-    ("tensorrt", "fp32", "means_rel_depth"): T(1e-2, "p99", _TF32),
-    ("tensorrt", "fp32", "scales_log"): T(1e-2, "p99", _TF32),
-    ("tensorrt", "fp32", "quat_angle_deg"): T(1.0, "p99", _TF32),
-    ("tensorrt", "fp32", "covariance_rel"): T(2e-2, "p99", _TF32),
-    ("tensorrt", "fp32", "colors_abs"): T(1e-3, "p99", _TF32),
-    ("tensorrt", "fp32", "opacities_abs"): T(2e-3, "p99", _TF32),
-    ("tensorrt", "fp32", "psnr_min_db"): T(40.0, "max", _TF32),
-    ("tensorrt", "fp32", "ssim_min"): T(0.99, "max", _TF32),
-    ("tensorrt", "fp32", "lpips_max"): T(0.02, "max", _TF32),
-}
 
-# Reduced precision. No fp16 run of the network body exists yet: the only fp16 number is the composer
-# tail simulated in fp16 (z rel err p99 1.9 %, max 8.6 %, toolchain-facts), which is why the tail stays
-# fp32. fp16 has 3 more mantissa bits than bf16, so the bf16 measurement (p99 11 %) over 8 x3 margin
-# gives the fp16 estimate. The same rows apply to every target that supports the precision.
-_REDUCED: dict[str, dict[str, Tolerance]] = {
-    "fp16": {
-        "means_rel_depth": T(5e-2, "p99", f"{_PROV}; bf16 p99 11 % / 8 (3 more mantissa bits) x3"),
-        "scales_log": T(5e-2, "p99", f"{_PROV}; scale ~ z, as means_rel_depth"),
-        "quat_angle_deg": T(3.0, "p99", _PROV),
-        "covariance_rel": T(1e-1, "p99", f"{_PROV}; ~2x scales_log"),
-        "colors_abs": T(5e-3, "p99", _PROV),
-        "opacities_abs": T(1e-2, "p99", _PROV),
-        "psnr_min_db": T(35.0, "max", f"{_PROV}; ml-stable-diffusion raises below 35 dB for fp16 Core ML"),
-        "ssim_min": T(0.98, "max", _PROV),
-        "lpips_max": T(0.05, "max", _PROV),
-    },
-    "bf16": {
-        "means_rel_depth": T(0.15, "p99", f"{_BF16}: z rel err p99 11 %, median 0.68 %; x1.4"),
-        "scales_log": T(0.15, "p99", f"{_PROV}; scale ~ z, as means_rel_depth"),
-        "quat_angle_deg": T(10.0, "p99", _PROV),
-        "covariance_rel": T(0.3, "p99", f"{_PROV}; ~2x scales_log"),
-        "colors_abs": T(3e-2, "p99", _PROV),
-        "opacities_abs": T(5e-2, "p99", _PROV),
-        "psnr_min_db": T(28.0, "max", _PROV),
-        "ssim_min": T(0.93, "max", _PROV),
-        "lpips_max": T(0.12, "max", _PROV),
-    },
-    "int8": {
-        "means_rel_depth": T(8e-2, "p99", f"{_INT8}: z rel err p99 5.4 %, median 0.28 %; x1.5"),
-        "scales_log": T(8e-2, "p99", f"{_PROV}; scale ~ z, as means_rel_depth"),
-        "quat_angle_deg": T(6.0, "p99", _PROV),
-        "covariance_rel": T(0.16, "p99", f"{_PROV}; ~2x scales_log"),
-        "colors_abs": T(2e-2, "p99", _PROV),
-        "opacities_abs": T(3e-2, "p99", _PROV),
-        "psnr_min_db": T(30.0, "max", _PROV),
-        "ssim_min": T(0.95, "max", _PROV),
-        "lpips_max": T(0.1, "max", _PROV),
-    },
+
+def _rows(*values: Tolerance) -> dict[str, Tolerance]:
+    """One profile: a Tolerance per metric, in METRICS order."""
+    if len(values) != len(METRICS):
+        raise ValueError(f"a profile needs {len(METRICS)} rows ({', '.join(METRICS)}), got {len(values)}")
+    return dict(zip(METRICS, values, strict=True))
+
+
+# A profile is one row per metric. Target rows (sharp_export/targets.py) name the profile that gates each
+# of their precisions, so a target offers exactly the precisions it can gate, and nothing here lists targets.
+# fmt: off
+PROFILES: dict[str, dict[str, Tolerance]] = {
+    # ONNX Runtime fp32 against torch eager: the measured anchor.
+    "fp32": _rows(
+        T(1e-3, "max", f"{_ORT}: z rel err max 1.9e-4, p99 2.4e-5; x5"),
+        T(2e-3, "max", f"{_ORT}: abs 4.6e-3 at scales up to 25.9 (log err ~1.8e-4, scale ~ z); x10, log err "
+                       "not measured directly"),
+        T(0.5, "max", f"{_ORT}: component abs 5.95e-4 at |q| >= 1.3 (~0.05 deg); x10, angle not measured directly"),
+        T(5e-3, "max", f"{_PROV}; ~2x scales_log plus rotation"),
+        T(1e-4, "max", f"{_ORT}: max 1.53e-5; x6"),
+        T(5e-4, "max", f"{_ORT}: max 1.26e-4; x4"),
+        T(45.0, "max", _VIEW32),
+        T(0.995, "max", _VIEW32),
+        T(0.01, "max", _VIEW32),
+    ),
+    # torch fp32 (torch.export, or eager on another machine / thread count).
+    "fp32-torch": _rows(
+        T(1e-3, "max", _SAME), T(2e-3, "max", _SAME), T(0.5, "max", _SAME),
+        T(5e-3, "max", f"{_PROV}; as onnx fp32"), T(1e-4, "max", _SAME), T(5e-4, "max", _SAME),
+        T(45.0, "max", _VIEW32), T(0.995, "max", _VIEW32), T(0.01, "max", _VIEW32),
+    ),
+    # Core ML fp32 (CPU / GPU compute units; the ANE is fp16 only).
+    "fp32-coreml": _rows(
+        T(2e-3, "max", f"{_PROV}; onnx fp32 x2"), T(4e-3, "max", f"{_PROV}; onnx fp32 x2"),
+        T(1.0, "max", f"{_PROV}; onnx fp32 x2"), T(1e-2, "max", f"{_PROV}; onnx fp32 x2"),
+        T(2e-4, "max", f"{_PROV}; onnx fp32 x2"), T(1e-3, "max", f"{_PROV}; onnx fp32 x2"),
+        T(45.0, "max", _VIEW32), T(0.995, "max", _VIEW32), T(0.01, "max", _VIEW32),
+    ),
+    # TensorRT fp32 engines (TF32 on by default).
+    "fp32-tf32": _rows(
+        T(1e-2, "p99", _TF32), T(1e-2, "p99", _TF32), T(1.0, "p99", _TF32), T(2e-2, "p99", _TF32),
+        T(1e-3, "p99", _TF32), T(2e-3, "p99", _TF32),
+        T(40.0, "max", _TF32), T(0.99, "max", _TF32), T(0.02, "max", _TF32),
+    ),
+    # Reduced precision. No fp16 run of the network body exists yet: the only fp16 number is the composer
+    # tail simulated in fp16 (z rel err p99 1.9 %, max 8.6 %, docs/architecture.md §10.6), which is why the tail stays
+    # fp32. fp16 has 3 more mantissa bits than bf16, so the bf16 measurement (p99 11 %) over 8 x3 margin
+    # gives the fp16 estimate.
+    "fp16": _rows(
+        T(5e-2, "p99", f"{_PROV}; bf16 p99 11 % / 8 (3 more mantissa bits) x3"),
+        T(5e-2, "p99", f"{_PROV}; scale ~ z, as means_rel_depth"),
+        T(3.0, "p99", _PROV),
+        T(1e-1, "p99", f"{_PROV}; ~2x scales_log"),
+        T(5e-3, "p99", _PROV),
+        T(1e-2, "p99", _PROV),
+        T(35.0, "max", f"{_PROV}; ml-stable-diffusion raises below 35 dB for fp16 Core ML"),
+        T(0.98, "max", _PROV),
+        T(0.05, "max", _PROV),
+    ),
+    "bf16": _rows(
+        T(0.15, "p99", f"{_BF16}: z rel err p99 11 %, median 0.68 %; x1.4"),
+        T(0.15, "p99", f"{_PROV}; scale ~ z, as means_rel_depth"),
+        T(10.0, "p99", _PROV),
+        T(0.3, "p99", f"{_PROV}; ~2x scales_log"),
+        T(3e-2, "p99", _PROV),
+        T(5e-2, "p99", _PROV),
+        T(28.0, "max", _PROV),
+        T(0.93, "max", _PROV),
+        T(0.12, "max", _PROV),
+    ),
+    "int8": _rows(
+        T(8e-2, "p99", f"{_INT8}: z rel err p99 5.4 %, median 0.28 %; x1.5"),
+        T(8e-2, "p99", f"{_PROV}; scale ~ z, as means_rel_depth"),
+        T(6.0, "p99", _PROV),
+        T(0.16, "p99", f"{_PROV}; ~2x scales_log"),
+        T(2e-2, "p99", _PROV),
+        T(3e-2, "p99", _PROV),
+        T(30.0, "max", _PROV),
+        T(0.95, "max", _PROV),
+        T(0.1, "max", _PROV),
+    ),
 }
 # fmt: on
 
-# Which reduced precisions each target can produce (fp32 rows are written out above).
-_REDUCED_BY_TARGET = {
-    "torch": ("fp16", "bf16"),  # autocast
-    "onnx": ("fp16", "int8"),  # ORT has no useful bf16 CPU kernels
-    "coreml": ("fp16", "int8"),  # compute_precision fp16; int8 = weight / activation quantization
-    "tensorrt": ("fp16", "bf16", "int8"),
-}
-for _target, _precisions in _REDUCED_BY_TARGET.items():
-    for _precision in _precisions:
-        for _metric, _tol in _REDUCED[_precision].items():
-            TOLERANCES[(_target, _precision, _metric)] = _tol
+# The eager torch reference is not an export target, but `predict --precision` and the bench compare it too.
+REFERENCE_NAME = "torch"
+REFERENCE_PROFILES = {"fp32": "fp32-torch", "fp16": "fp16", "bf16": "bf16"}
+
+
+def profile_name(target: str, precision: str) -> str:
+    """The profile gating ``target`` at ``precision``; UserInputError when there is none."""
+    if target == REFERENCE_NAME:
+        offered: dict[str, str] = dict(REFERENCE_PROFILES)
+    else:
+        from sharp_export.targets import get_target  # raises UserInputError for an unknown target
+
+        row = get_target(target)
+        offered = {p: row.tolerance_profile(p) for p in row.precisions}
+    if precision not in offered:
+        raise UserInputError(
+            f"no parity tolerances for target '{target}' at precision '{precision}'",
+            fix=f"{target} supports {', '.join(offered)}",
+        )
+    return offered[precision]
 
 
 def supported(target: str, precision: str) -> bool:
-    return (target, precision, METRICS[0]) in TOLERANCES
-
-
-def _check_combination(target: str, precision: str) -> None:
-    if target not in TARGETS:
-        raise UserInputError(f"unknown parity target '{target}'", fix=f"use one of {', '.join(TARGETS)}")
-    if not supported(target, precision):
-        have = sorted({p for (t, p, _) in TOLERANCES if t == target}, key=PRECISIONS.index)
-        raise UserInputError(
-            f"no parity tolerances for target '{target}' at precision '{precision}'",
-            fix=f"{target} supports {', '.join(have)}",
-        )
+    try:
+        profile_name(target, precision)
+    except UserInputError:
+        return False
+    return True
 
 
 def _read_override_file(path: Path) -> dict:
@@ -240,8 +240,7 @@ def load_tolerances(
     ``overrides`` is a dict or a JSON/TOML file path: ``{"means_rel_depth": 1e-3}`` or
     ``{"means_rel_depth": {"value": 1e-3, "statistic": "max"}}``. Unknown metrics raise UserInputError.
     """
-    _check_combination(target, precision)
-    table = {metric: TOLERANCES[(target, precision, metric)] for metric in METRICS}
+    table = dict(PROFILES[profile_name(target, precision)])
     if overrides is None:
         return table
     path: Path | None = None

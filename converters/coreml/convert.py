@@ -1,13 +1,13 @@
-"""The Core ML target: an mlprogram (.mlpackage) for Macs and iPhones, fp32 or fp16 for the Neural Engine.
+"""Core ML conversion: predictor -> torch.export -> ct.convert (mlprogram) -> MIL checks -> .mlpackage file(s).
 
 Path: ``torch.export.export(strict=False).run_decompositions({})`` -> ``ct.convert(convert_to="mlprogram",
 skip_model_load=True)``. coremltools 9.0 is tested up to torch 2.7; with torch 2.13 its ``torch.jit.trace``
-path fails on the full model, the ``torch.export`` path works (toolchain-facts).
+path fails on the full model, the ``torch.export`` path works (docs/architecture.md §10.6).
 
-Hazards handled here (spec 10.4, toolchain-facts):
+Hazards handled here (docs/architecture.md §10.5, §10.6):
 
 * ``1.0 / x`` would become MIL ``inverse`` = 1/(x + 1e-4) (depth bias up to 1.1 %): lowered to an exact
-  ``real_div`` (coreml_mil.py), and the MIL check fails the export if an ``inverse`` is left.
+  ``real_div`` (mil_overrides.py), and the MIL check fails the export if an ``inverse`` is left.
 * fp16: ``compute_precision`` is always explicit. fp16 keeps the pinned regions in fp32 (see
   ``PRECISION_PLAN_NOTE``); the five outputs are fp32.
 * Rank and size limits: no tensor above rank 4 (GroupNorm lowered on rank 4, the ViT attention is rank 4
@@ -28,16 +28,15 @@ from typing import Any
 import torch
 
 from sharp_export.artifact import IOSpec, TensorSpec
+from sharp_export.converters.coreml.capture import DEFAULT_PINNED, REGION_TAIL, GridOutputs, export_module
+from sharp_export.converters.coreml.io import ct_inputs_outputs, grid_io_spec
+from sharp_export.converters.coreml.mil_checks import check_program, summarize_mil
+from sharp_export.converters.coreml.mil_overrides import fp16_op_selector, frontend_overrides
+from sharp_export.converters.coreml.split import PIECES, piece_shapes
+from sharp_export.converters.coreml.target import COMPUTE_UNIT_NAMES, DEPLOYMENT_TARGETS, SPLITS
 from sharp_export.errors import ConversionError, UserInputError
 from sharp_export.progress import echo, heartbeat, rss_gb
-from sharp_export.reference.gaussians import GAUSSIAN_FIELDS
-from sharp_export.reference.model.composer import GRID_CHANNELS
-from sharp_export.runtime.coreml_runner import COMPUTE_UNITS
-from sharp_export.targets import Target, TargetOption, missing_packages, register_target
 
-MODEL_FILE = "model.mlpackage"
-DEPLOYMENT_TARGETS = ("iOS17", "iOS18", "macOS14", "macOS15")
-SPLITS = ("none", "components")
 IOS_WEIGHT_LIMIT_BYTES = 1 << 30  # iOS refuses to load models whose weights exceed ~1 GB
 AUTHOR = "sharp-export (model: Apple ml-sharp)"
 LICENSE_NOTE = (
@@ -56,35 +55,6 @@ PRECISION_PLAN_NOTE = (
 )
 
 
-def check_environment() -> str | None:
-    reason = missing_packages({"coremltools": "coremltools"})
-    if reason is not None:
-        return f"{reason}: pip install 'sharp-export[coreml]'"
-    return None
-
-
-def grid_io_spec(resolution: int, dtype: str = "float32") -> IOSpec:
-    """The Core ML program's I/O: image + disparity_factor in, five rank-4 Gaussian grids out."""
-    side = resolution // 2
-    meanings = {
-        "mean_vectors": "NDC x z means (x*z, y*z, z)",
-        "singular_values": "scales (standard deviations), NDC x z",
-        "quaternions": "rotation wxyz, unnormalised",
-        "colors": "linear RGB in (0, 1)",
-        "opacities": "opacity in (0, 1)",
-    }
-    layout = "; channel = component*2 + layer; flatten on the host: n = layer*h*w + row*w + col"
-    outputs = tuple(
-        TensorSpec(name, (1, 2 * channels, side, side), dtype, meanings[name] + layout)
-        for name, channels in zip(GAUSSIAN_FIELDS, GRID_CHANNELS, strict=True)
-    )
-    inputs = (
-        TensorSpec("image", (1, 3, resolution, resolution), "float32", "RGB, sRGB values in [0, 1], CHW"),
-        TensorSpec("disparity_factor", (1,), "float32", "f_px / original image width (pixels/pixels)"),
-    )
-    return IOSpec(inputs, outputs)
-
-
 @dataclass
 class CoreMLExport:
     files: list[str]  # produced packages, relative to out_dir
@@ -92,19 +62,8 @@ class CoreMLExport:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-def _ct_inputs_outputs(io: IOSpec) -> tuple[list[Any], list[Any]]:
-    import coremltools as ct
-    import numpy as np
-
-    inputs = [ct.TensorType(name=t.name, shape=tuple(t.shape), dtype=np.dtype(t.dtype).type) for t in io.inputs]
-    outputs = [ct.TensorType(name=t.name, dtype=np.dtype(t.dtype).type) for t in io.outputs]
-    return inputs, outputs
-
-
 def _compute_precision(precision: str, pinned: frozenset[str]) -> Any:
     import coremltools as ct
-
-    from sharp_export.converters.coreml_mil import fp16_op_selector
 
     if precision == "fp32":
         return ct.precision.FLOAT32
@@ -130,7 +89,7 @@ def set_metadata(mlmodel: Any, io: IOSpec, metadata: dict[str, str], description
 
 
 def convert_program(
-    program: Any,  # region-tagged torch.export.ExportedProgram (coreml_graph.export_module)
+    program: Any,  # region-tagged torch.export.ExportedProgram (capture.export_module)
     io: IOSpec,
     *,
     precision: str,
@@ -142,9 +101,7 @@ def convert_program(
     """ct.convert with the frontend overrides; runs the MIL checks. Returns (MLModel, check report)."""
     import coremltools as ct
 
-    from sharp_export.converters.coreml_mil import check_program, frontend_overrides, summarize_mil
-
-    inputs, outputs = _ct_inputs_outputs(io)
+    inputs, outputs = ct_inputs_outputs(io)
     start = time.perf_counter()
     try:
         with frontend_overrides(), heartbeat("ct.convert"):
@@ -155,7 +112,7 @@ def convert_program(
                 outputs=outputs,
                 minimum_deployment_target=getattr(ct.target, deployment_target),
                 compute_precision=_compute_precision(precision, pinned),
-                compute_units=getattr(ct.ComputeUnit, COMPUTE_UNITS[compute_units]),
+                compute_units=getattr(ct.ComputeUnit, compute_units.upper()),
                 skip_model_load=True,
             )
     except Exception as error:
@@ -184,15 +141,12 @@ class _Job:
     examples: tuple[torch.Tensor, ...]
     io: IOSpec
     expect_pinned: bool  # whether the program contains pinned regions (tail or GroupNorm)
-    default_region: str  # region of ops traced outside every module (coreml_graph._region_of)
+    default_region: str  # region of ops traced outside every module (capture._region_of)
 
 
 def _jobs(
     model: torch.nn.Module, image: torch.Tensor, disparity_factor: torch.Tensor, split: str, precision: str
 ) -> list[_Job]:
-    from sharp_export.converters.coreml_graph import REGION_TAIL, GridOutputs
-    from sharp_export.converters.coreml_split import PIECES, piece_shapes
-
     resolution = int(image.shape[-1])
     grid_io = grid_io_spec(resolution)
     if split == "none":
@@ -222,8 +176,6 @@ def _convert_job(
     pinned: frozenset[str], metadata: dict[str, str], description: str,
 ) -> dict[str, Any]:  # fmt: skip
     """Export, convert, check, tag and save one package; returns its details."""
-    from sharp_export.converters.coreml_graph import export_module
-
     start = time.perf_counter()
     with heartbeat(f"torch.export {job.name}"):
         program, graph_info = export_module(job.module, job.examples, job.default_region)
@@ -272,16 +224,14 @@ def convert_model(
     """Convert the predictor into ``out_dir``: model.mlpackage, or one package per piece. ConversionError on failure."""
     import coremltools as ct
 
-    from sharp_export.converters.coreml_graph import DEFAULT_PINNED
-
     if split not in SPLITS:
         raise UserInputError(f"unknown split '{split}'", fix=f"use --split {'|'.join(SPLITS)}")
     if deployment_target not in DEPLOYMENT_TARGETS:
         raise UserInputError(
             f"unknown deployment target '{deployment_target}'", fix=f"use {'|'.join(DEPLOYMENT_TARGETS)}"
         )
-    if compute_units not in COMPUTE_UNITS:
-        raise UserInputError(f"unknown compute units '{compute_units}'", fix=f"use {'|'.join(COMPUTE_UNITS)}")
+    if compute_units not in COMPUTE_UNIT_NAMES:
+        raise UserInputError(f"unknown compute units '{compute_units}'", fix=f"use {'|'.join(COMPUTE_UNIT_NAMES)}")
     pinned = DEFAULT_PINNED if precision == "fp16" else frozenset()
     resolution = int(image.shape[-1])
     plan = "fp32 everywhere" if precision == "fp32" else "fp16 except " + ", ".join(sorted(pinned)) + " (fp32)"
@@ -318,7 +268,7 @@ def convert_model(
         "split": split,
         "precision_plan": {"pinned_fp32": sorted(pinned), "note": PRECISION_PLAN_NOTE if pinned else "fp32"},
         "ios_weight_limit_exceeded": bool(ios and largest > IOS_WEIGHT_LIMIT_BYTES),
-        "host_postprocess": "flatten grids [1, C*2, h, w] -> [1, N, C] (coreml_graph.grids_to_gaussians)",
+        "host_postprocess": "flatten grids [1, C*2, h, w] -> [1, N, C] (coreml_runner.grids_to_gaussians)",
         "files": files,
     }
     if split == "none":
@@ -326,98 +276,6 @@ def convert_model(
     else:
         details["pieces"] = pieces
     return CoreMLExport(files, grid_io_spec(resolution), details)
-
-
-# ---- the target ---------------------------------------------------------------------------------------
-
-
-def validate(request: Any) -> None:
-    options = request.options
-    if options.get("compute_units") == "cpu_and_ne" and request.precision == "fp32":
-        raise UserInputError(
-            "--compute-units cpu_and_ne with fp32: the Neural Engine computes only fp16, so nothing would run on it",
-            fix="add --fp16 (or --precision fp16), or use --compute-units all|cpu_and_gpu|cpu_only",
-        )
-
-
-def convert(ctx: Any) -> Any:
-    """The coreml target's convert(ConvertContext) -> ConvertResult."""
-    from sharp_export.converters.coreml_graph import PROXY_LABEL, format_proxy, proxy_parity
-    from sharp_export.export import ConvertResult
-
-    options = ctx.request.options
-    split = options.get("split", "none")
-    proxy, piece_lines = None, None
-    if ctx.request.precision == "fp16" and ctx.request.parity:
-        start = time.perf_counter()
-        proxy = proxy_parity(ctx.model, ctx.example.image, ctx.example.disparity_factor, ctx.reference)
-        echo(format_proxy(proxy) + f" ({time.perf_counter() - start:.1f} s)")
-        if split == "components":
-            from sharp_export.converters.coreml_split import piece_proxy_parity
-
-            piece_lines = piece_proxy_parity(ctx.model, ctx.example.image, ctx.example.disparity_factor)
-            for name, line in piece_lines.items():
-                worst = max(line.items(), key=lambda item: item[1] if not item[0].endswith("_deg_max") else 0.0)
-                echo(f"    fp16 PROXY piece {name}: worst relative error {worst[1]:.3g} ({worst[0]})")
-    result = convert_model(
-        ctx.model,
-        ctx.example.image,
-        ctx.example.disparity_factor,
-        ctx.workdir,
-        precision=ctx.request.precision,
-        deployment_target=options.get("deployment_target", "iOS17"),
-        compute_units=options.get("compute_units", "all"),
-        split=split,
-        metadata=ctx.metadata,
-    )
-    if proxy is not None:
-        result.details["fp16_proxy"] = proxy
-    for piece in result.details.get("pieces", []) if piece_lines else []:
-        piece["fp16_proxy"] = {"label": PROXY_LABEL, "errors": piece_lines[piece["file"].removesuffix(".mlpackage")]}
-    return ConvertResult(main_file=result.files[0], details=result.details, io=result.io)
-
-
-REFERENCE_FILE = "reference_outputs.npz"
-
-
-def parity_hook(
-    artifact_dir: Path, manifest: Any, example: Any, reference: Any, target: Any, device: str = "cpu"
-) -> dict[str, Any]:
-    """Parity for Core ML: the real runner on macOS; elsewhere 'deferred' with the proxy numbers.
-
-    Either way the example input and the torch outputs are stored in the artifact (``reference_outputs.npz``)
-    so that a Mac can check the very same numbers later.
-    """
-    import sys
-
-    import numpy as np
-
-    arrays = {"image": example.image.numpy(), "disparity_factor": example.disparity_factor.numpy()}
-    arrays.update({name: value.numpy() for name, value in zip(GAUSSIAN_FIELDS, reference, strict=True)})
-    np.savez(Path(artifact_dir) / REFERENCE_FILE, **arrays)
-    if sys.platform == "darwin":
-        from sharp_export.export import default_parity_hook
-
-        summary = default_parity_hook(artifact_dir, manifest, example, reference, target, device)
-        return {**summary, "reference": REFERENCE_FILE}
-    proxy = manifest.conversion.get("fp16_proxy")
-    summary: dict[str, Any] = {
-        "status": "deferred",
-        "reason": "Core ML predicts only on macOS: run `sharp-export parity ARTIFACT --golden ...` on a Mac",
-        "reference": REFERENCE_FILE,
-        "proxy": None if proxy is None else {"label": proxy["label"], "passed": proxy["passed"]},
-    }
-    if proxy is not None and not proxy["passed"]:
-        # The fp16 plan already misses the fp16 tolerances in torch: the device will not do better.
-        summary["status"] = "failed"
-        summary["failures"] = [f"{name} (fp16 proxy)" for name, m in proxy["metrics"].items() if not m["passed"]]
-    return summary
-
-
-def open_runner(artifact_dir: Path, manifest: Any, device: str = "cpu") -> Any:
-    from sharp_export.runtime.coreml_runner import open_coreml_artifact
-
-    return open_coreml_artifact(artifact_dir, manifest, device)
 
 
 def convert_coreml(
@@ -430,12 +288,11 @@ def convert_coreml(
 ) -> CoreMLExport:
     """Library entry point without the artifact pipeline: write the package(s) into ``out_dir``."""
     from sharp_export import __version__
-    from sharp_export.export import example_inputs
+    from sharp_export.errors import MissingDependencyError
+    from sharp_export.samples import example_inputs
+    from sharp_export.targets import missing_packages
 
-    reason = check_environment()
-    if reason is not None:
-        from sharp_export.errors import MissingDependencyError
-
+    if missing_packages({"coremltools": "coremltools"}) is not None:
         raise MissingDependencyError("coremltools", "coreml", "the Core ML export")
     model = loaded.model.eval()
     example = example_inputs(int(model.resolution), 1)
@@ -452,39 +309,3 @@ def convert_coreml(
         model, example.image, example.disparity_factor, out, precision=precision, deployment_target=deployment_target,
         compute_units=compute_units, split=split, metadata=metadata,
     )  # fmt: skip
-
-
-COREML_TARGET = register_target(
-    Target(
-        name="coreml",
-        suffix=".mlpackage",
-        extra="coreml",
-        description="Core ML mlprogram (.mlpackage) for macOS/iOS, fp16 for the Neural Engine",
-        precisions=("fp32", "fp16"),
-        devices=("cpu",),
-        options=(
-            TargetOption(
-                "deployment_target", str, "iOS17", "minimum OS the package targets", choices=DEPLOYMENT_TARGETS
-            ),
-            TargetOption(
-                "compute_units",
-                str,
-                "all",
-                "Core ML compute units used when the package is run (stored in the manifest)",
-                choices=tuple(COMPUTE_UNITS),
-            ),
-            TargetOption(
-                "split",
-                str,
-                "none",
-                "components: three packages (patch ViT | monodepth | Gaussians), each < 1 GB",
-                choices=SPLITS,
-            ),
-        ),
-        check_environment=check_environment,
-        convert=convert,
-        open_runner=open_runner,
-        validate=validate,
-        parity_hook=parity_hook,
-    )
-)

@@ -14,7 +14,8 @@ gaussians           Gaussian decoder, prediction head, initializer, composer    
 (The ViTs' unused 22M-parameter classifier heads are not traced, so they are not in the packages.)
 
 The first two pieces call the SPN's own ``encode_patches`` / ``fuse`` (its forward is exactly those two
-calls); a test pins that chaining all three equals ``forward_grids`` bit for bit.
+calls); the Gaussians piece calls the predictor's own ``grids_from_disparity``; a test pins that chaining all three
+equals ``forward_grids`` bit for bit.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from sharp_export.converters.coreml_graph import REGION_NETWORK, REGION_TAIL, Fp16Rounding, rounding
+from sharp_export.converters.coreml.capture import DEFAULT_PINNED, REGION_NETWORK, REGION_TAIL
+from sharp_export.converters.coreml.fp16_proxy import Fp16Plan, Fp16Rounding, fp16_copy, rounding
 from sharp_export.reference.model.composer import GaussianGrids
-from sharp_export.reference.model.predictor import DISPARITY_MAX, DISPARITY_MIN
 
 PATCH_MAPS = ("latent0", "latent1", "x0_features", "x1_features", "x2_features")
 ENCODINGS = tuple(f"encoding{i}" for i in range(5))
@@ -88,27 +89,7 @@ class GaussiansPiece(nn.Module):
         encoding4: torch.Tensor,
     ) -> tuple[torch.Tensor, ...]:
         encodings = [encoding0, encoding1, encoding2, encoding3, encoding4]
-        return tuple(gaussians_forward(self.predictor, image, disparity_factor, disparity, encodings))
-
-
-def gaussians_forward(
-    model: nn.Module,
-    image: torch.Tensor,  # [B, 3, R, R]
-    disparity_factor: torch.Tensor,  # [B]
-    disparity: torch.Tensor,  # [B, 2, R, R]
-    encodings: list[torch.Tensor],  # five [B, C_i, H_i, W_i], finest first
-    mode: Fp16Rounding | None = None,  # the fp16 proxy's rounding mode; None when exporting
-) -> GaussianGrids:
-    """forward_grids from the disparity on; with ``mode`` the tail runs unrounded (pinned fp32)."""
-    with rounding(mode, False):
-        depth = disparity_factor[:, None, None, None] / disparity.clamp(DISPARITY_MIN, DISPARITY_MAX)
-        init = model.init_model(image, depth)
-    with rounding(mode, True):
-        # The clone is where the proxy rounds the fp32 decoder input, as Core ML casts it for fp16 ops.
-        feature_input = init.feature_input if mode is None else init.feature_input.clone()
-        delta = model.prediction_head(model.feature_model(feature_input, encodings))
-    with rounding(mode, False):
-        return model.gaussian_composer(delta, init.base, init.global_scale)
+        return tuple(self.predictor.grids_from_disparity(image, disparity_factor, disparity, encodings))
 
 
 @dataclass(frozen=True)
@@ -165,20 +146,16 @@ def run_pieces(
     return GaussianGrids(*(values[name] for name in PIECES[-1].outputs)), piece_inputs
 
 
-def piece_proxy_parity(
+def piece_proxy_errors(
     predictor: nn.Module,
     image: torch.Tensor,  # [1, 3, R, R]
     disparity_factor: torch.Tensor,  # [1]
 ) -> dict[str, dict[str, float]]:
-    """One parity line per piece: the fp16 proxy of that piece alone, fed the fp32 chain's inputs.
+    """One line per piece: the fp16 proxy of that piece alone, fed the fp32 chain's inputs.
 
-    Returns {piece: {output: max|fp16 - fp32| / max|fp32|}}; the Gaussians piece also gets the parity
-    comparator's depth / scale / colour errors. Inputs that travel as fp16 between pieces are rounded.
+    Returns {piece: {output: max|fp16 - fp32| / max|fp32|}}. Inputs that travel as fp16 between pieces
+    arrive rounded. (The whole chain's outputs are gated by the export's proxy parity.)
     """
-    from sharp_export.converters.coreml_graph import DEFAULT_PINNED, fp16_copy
-    from sharp_export.parity.compare import compare_gaussians
-    from sharp_export.reference.model.composer import flatten_grids
-
     reference = chain_values(predictor, image, disparity_factor)
     mode = Fp16Rounding()
     simulated = fp16_copy(predictor, DEFAULT_PINNED, mode)
@@ -190,7 +167,8 @@ def piece_proxy_parity(
                 with rounding(mode, False):  # fp16 I/O between pieces: the disparity and encodings arrive rounded
                     encodings = [t.half().float() for t in inputs[3:]]
                     disparity = inputs[2].half().float()
-                outputs = tuple(gaussians_forward(simulated, inputs[0], inputs[1], disparity, encodings, mode))
+                plan = Fp16Plan(mode)
+                outputs = tuple(simulated.grids_from_disparity(inputs[0], inputs[1], disparity, encodings, plan))
             else:
                 with rounding(mode, True):
                     outputs = piece.module(simulated)(*(t.clone() for t in inputs))
@@ -198,10 +176,6 @@ def piece_proxy_parity(
             for name, value in zip(piece.outputs, outputs, strict=True):
                 scale = float(reference[name].abs().max()) or 1.0
                 line[name] = float((value.float() - reference[name]).abs().max()) / scale
-            if piece.name == "gaussians":
-                grids = GaussianGrids(*(reference[name] for name in piece.outputs))
-                results = compare_gaussians(flatten_grids(grids), flatten_grids(GaussianGrids(*outputs)), None)
-                line.update({f"{r.metric}_max": r.max for r in results if r.metric != "means_abs"})
             lines[piece.name] = line
     return lines
 

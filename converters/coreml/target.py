@@ -1,0 +1,156 @@
+"""The coreml target row: an mlprogram (.mlpackage) for Macs and iPhones, fp32 or fp16 for the Neural Engine.
+
+This module is what the registry imports: it holds the row and thin functions that import the toolchain
+(coremltools, torch) only when called, so `sharp-export --help` stays instant. The work is in the files
+beside it: capture.py (torch.export + region tags), mil_overrides.py / mil_checks.py (coremltools side),
+convert.py (one package or the component split of split.py), fp16_proxy.py (the fp16 plan in torch), io.py.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sharp_export.contract import ConvertContext, ConvertResult, ExampleInputs, ExportRequest, ProxyOutputs
+from sharp_export.errors import UserInputError
+from sharp_export.progress import echo
+from sharp_export.targets import Target, TargetOption, missing_packages, register_target
+
+if TYPE_CHECKING:
+    import torch
+
+    from sharp_export.artifact import Manifest
+    from sharp_export.reference.gaussians import Gaussians3D
+    from sharp_export.runtime.coreml_runner import CoreMLRunner
+
+MODEL_FILE = "model.mlpackage"
+DEPLOYMENT_TARGETS = ("iOS17", "iOS18", "macOS14", "macOS15")
+SPLITS = ("none", "components")
+# Core ML compute units (the runner maps them to ct.ComputeUnit); kept here so the row imports no toolchain.
+COMPUTE_UNIT_NAMES = ("all", "cpu_and_ne", "cpu_and_gpu", "cpu_only")
+REFERENCE_FILE = "reference_outputs.npz"
+
+
+def check_environment() -> str | None:
+    reason = missing_packages({"coremltools": "coremltools"})
+    if reason is not None:
+        return f"{reason}: pip install 'sharp-export[coreml]'"
+    return None
+
+
+def validate(request: ExportRequest) -> None:
+    options = request.options
+    if options.get("compute_units") == "cpu_and_ne" and request.precision == "fp32":
+        raise UserInputError(
+            "--compute-units cpu_and_ne with fp32: the Neural Engine computes only fp16, so nothing would run on it",
+            fix="add --fp16 (or --precision fp16), or use --compute-units all|cpu_and_gpu|cpu_only",
+        )
+
+
+def proxy(model: torch.nn.Module, example: ExampleInputs, request: ExportRequest) -> ProxyOutputs | None:
+    """fp16: the predictor run in torch with the converter's fp16 plan (Core ML cannot predict off macOS)."""
+    if request.precision != "fp16":
+        return None  # fp32 Core ML is checked on a Mac only; there is no plan to simulate
+    from sharp_export.converters.coreml.capture import DEFAULT_PINNED
+    from sharp_export.converters.coreml.fp16_proxy import PROXY_LABEL, fp16_proxy_outputs
+
+    gaussians = fp16_proxy_outputs(model, example.image, example.disparity_factor, DEFAULT_PINNED)
+    details: dict[str, Any] = {"pinned_fp32": sorted(DEFAULT_PINNED)}
+    if request.options.get("split") == "components":
+        from sharp_export.converters.coreml.split import piece_proxy_errors
+
+        details["pieces"] = piece_proxy_errors(model, example.image, example.disparity_factor)
+        for name, line in details["pieces"].items():
+            worst = max(line.items(), key=lambda item: item[1])
+            echo(f"    fp16 PROXY piece {name}: worst relative error {worst[1]:.3g} ({worst[0]})")
+    return ProxyOutputs(PROXY_LABEL, gaussians, details)
+
+
+def convert(ctx: ConvertContext) -> ConvertResult:
+    from sharp_export.converters.coreml.convert import convert_model
+
+    options = ctx.request.options
+    result = convert_model(
+        ctx.model,
+        ctx.example.image,
+        ctx.example.disparity_factor,
+        ctx.workdir,
+        precision=ctx.request.precision,
+        deployment_target=options.get("deployment_target", "iOS17"),
+        compute_units=options.get("compute_units", "all"),
+        split=options.get("split", "none"),
+        metadata=ctx.metadata,
+    )
+    return ConvertResult(main_file=result.files[0], details=result.details, io=result.io)
+
+
+def parity_hook(
+    artifact_dir: Path,
+    manifest: Manifest,
+    example: ExampleInputs,
+    reference: Gaussians3D,
+    target: Target,
+    device: str = "cpu",
+) -> dict[str, Any] | None:
+    """Stores the example input and torch outputs (``reference_outputs.npz``) so a Mac can check the very same
+    numbers later; then None on macOS (run the package through its runner), else 'deferred'.
+    """
+    import numpy as np
+
+    from sharp_export.reference.gaussians import GAUSSIAN_FIELDS
+
+    arrays = {"image": example.image.numpy(), "disparity_factor": example.disparity_factor.numpy()}
+    arrays.update({name: value.numpy() for name, value in zip(GAUSSIAN_FIELDS, reference, strict=True)})
+    np.savez(Path(artifact_dir) / REFERENCE_FILE, **arrays)
+    if sys.platform == "darwin":
+        return None
+    return {
+        "status": "deferred",
+        "reason": "Core ML predicts only on macOS: run `sharp-export parity ARTIFACT --golden ...` on a Mac",
+        "reference": REFERENCE_FILE,
+    }
+
+
+def open_runner(artifact_dir: Path, manifest: Manifest, device: str = "cpu") -> CoreMLRunner:
+    from sharp_export.runtime.coreml_runner import open_coreml_artifact
+
+    return open_coreml_artifact(artifact_dir, manifest, device)
+
+
+COREML_TARGET = register_target(
+    Target(
+        name="coreml",
+        suffix=".mlpackage",
+        extra="coreml",
+        description="Core ML mlprogram (.mlpackage) for macOS/iOS, fp16 for the Neural Engine",
+        precisions=("fp32", "fp16"),
+        devices=("cpu",),
+        options=(
+            TargetOption(
+                "deployment_target", str, "iOS17", "minimum OS the package targets", choices=DEPLOYMENT_TARGETS
+            ),
+            TargetOption(
+                "compute_units",
+                str,
+                "all",
+                "Core ML compute units used when the package is run (stored in the manifest)",
+                choices=COMPUTE_UNIT_NAMES,
+            ),
+            TargetOption(
+                "split",
+                str,
+                "none",
+                "components: three packages (patch ViT | monodepth | Gaussians), each < 1 GB",
+                choices=SPLITS,
+            ),
+        ),
+        check_environment=check_environment,
+        convert=convert,
+        open_runner=open_runner,
+        validate=validate,
+        tolerance_profiles={"fp32": "fp32-coreml"},
+        parity_hook=parity_hook,
+        proxy=proxy,
+    )
+)

@@ -1,0 +1,96 @@
+"""The converter contract: what a target's functions receive and return.
+
+``run_export`` (sharp_export/export.py) builds an ``ExportRequest`` into a ``ConvertContext`` and calls the
+target row's ``convert``; the row's ``open_runner`` opens the result for parity, ``run`` and ``bench``.
+This module imports no toolchain and not torch (annotations only), so the registry that refers to it
+stays cheap to import.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+    from sharp_export.artifact import IOSpec, Manifest
+    from sharp_export.reference.gaussians import Gaussians3D
+    from sharp_export.runtime.base import Runner
+    from sharp_export.targets import Target
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    """Everything a user chose for one export (the CLI builds it; API users may too)."""
+
+    target: str
+    output: Path
+    preset: str = "sharp"
+    checkpoint: str | Path | None = None
+    seed: int | None = None
+    precision: str = "fp32"
+    dynamic_batch: bool = False
+    calib_data: Path | None = None
+    device: str = "cpu"
+    parity: bool = True
+    force: bool = False
+    options: Mapping[str, Any] = field(default_factory=dict)  # target options by name (opset, ...)
+    reproduce: str = ""  # the shell command that recreates this artifact
+
+
+@dataclass
+class ExampleInputs:
+    image: torch.Tensor  # [B, 3, R, R] float32 in [0, 1]
+    disparity_factor: torch.Tensor  # [B] float32
+
+    @property
+    def batch(self) -> int:
+        return int(self.image.shape[0])
+
+
+@dataclass
+class ConvertContext:
+    """What a target's ``convert`` gets. It writes its native files into ``workdir``."""
+
+    model: torch.nn.Module  # eval-mode predictor, forward(image, disparity_factor) -> Gaussians3D
+    example: ExampleInputs
+    request: ExportRequest
+    workdir: Path
+    io: IOSpec  # the I/O the artifact must expose (names, shapes with "batch" when dynamic)
+    metadata: dict[str, str]  # small key/values for the native format's metadata (ONNX metadata_props, ...)
+
+
+@dataclass
+class ConvertResult:
+    main_file: str  # path of the native model file, relative to workdir
+    details: dict[str, Any] = field(default_factory=dict)  # goes to manifest["conversion"]
+    io: IOSpec | None = None  # only when the target's I/O differs from ctx.io (e.g. fp16 outputs)
+
+
+@dataclass
+class ProxyOutputs:
+    """A stand-in for the artifact's outputs, computed in torch while the model is still loaded.
+
+    For targets whose artifacts cannot run here (Core ML off macOS): ``run_export`` compares
+    ``gaussians`` with the torch reference under the target's tolerances and records the result, labelled,
+    in the manifest's parity section. ``details`` is recorded as it is.
+    """
+
+    label: str  # says plainly that this is a proxy and what it simulates
+    gaussians: Gaussians3D  # raw outputs for the export's example input, [B, N, C]
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+# convert(ctx) -> ConvertResult: write the native files into ctx.workdir; raise ConversionError on failure.
+ConvertFn = Callable[[ConvertContext], ConvertResult]
+# open_runner(artifact_dir, manifest, device) -> an unopened Runner for that artifact.
+OpenRunnerFn = Callable[[Path, "Manifest", str], "Runner"]
+# parity_hook(artifact_dir, manifest, example, reference, target, device) -> summary with at least "status".
+ParityHook = Callable[[Path, "Manifest", ExampleInputs, "Gaussians3D", "Target", str], dict[str, Any]]
+# proxy(model, example, request) -> ProxyOutputs, or None when no proxy applies (e.g. fp32).
+ProxyFn = Callable[["torch.nn.Module", ExampleInputs, ExportRequest], "ProxyOutputs | None"]
+# validate(request) -> None: target-specific checks of option combinations; raise UserInputError.
+ValidateFn = Callable[[ExportRequest], None]
