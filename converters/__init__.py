@@ -11,7 +11,7 @@ import importlib
 
 # The registry list: registration order is the order of `sharp-export --help` and `sharp-export env`.
 # A new target is one module here (its row + convert) and one runner in runtime/.
-CONVERTER_MODULES = ("onnx", "coreml", "tensorrt")
+CONVERTER_MODULES = ("onnx", "coreml", "tensorrt", "openvino")
 
 for _name in CONVERTER_MODULES:
     importlib.import_module(f"{__name__}.{_name}")

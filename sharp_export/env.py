@@ -26,6 +26,7 @@ _PACKAGES = {
     "onnxruntime-gpu": "onnxruntime_gpu",
     "onnxscript": "onnxscript",
     "coremltools": "coremltools",
+    "openvino": "openvino",
     "tensorrt": "tensorrt",
     "gsplat": "gsplat",
     "pillow": "pillow",
