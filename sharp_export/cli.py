@@ -22,7 +22,7 @@ def cli(verbose: bool) -> None:
 
 
 def _register() -> None:
-    from sharp_export.commands import export, parity, predict, render, run
+    from sharp_export.commands import bench, export, parity, predict, render, run
 
     cli.add_command(predict.command)
     cli.add_command(render.command)
@@ -31,6 +31,7 @@ def _register() -> None:
     cli.add_command(run.run_command)
     cli.add_command(parity.command)
     cli.add_command(run.env_command)
+    cli.add_command(bench.command)
 
 
 _register()
