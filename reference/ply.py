@@ -17,13 +17,15 @@ directory, which replaces the target only once complete, so a failure never leav
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from sharp_export.errors import UserInputError
+from sharp_export.errors import UserInputError, output_error
 from sharp_export.reference.gaussians import (
     Gaussians3D,
     SceneMeta,
@@ -199,7 +201,11 @@ def rotate_x_180(scene: Gaussians3D) -> Gaussians3D:
 
 
 def write_atomic(path: Path, chunks: list[bytes]) -> None:
-    """Write ``chunks`` to ``path`` via a temporary sibling file and ``os.replace``."""
+    """Write ``chunks`` to ``path`` via a temporary sibling file and ``os.replace``.
+
+    On any failure (full disk, read-only folder, Ctrl-C) the temporary file is removed and an existing
+    ``path`` is left as it was; a write fault becomes an ``OutputError`` naming ``path``.
+    """
     if not path.parent.is_dir():
         raise UserInputError("output directory does not exist", path=path.parent, fix="create it first")
     temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -210,8 +216,14 @@ def write_atomic(path: Path, chunks: list[bytes]) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
+    except BaseException as error:
+        with contextlib.suppress(OSError):
+            temp.unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            kept = "the existing file is unchanged" if path.exists() else "no partial file was left"
+            converted = output_error(error, path, outcome=kept)
+            if converted is not None:
+                raise converted from None
         raise
 
 
@@ -229,12 +241,24 @@ def read_ply_elements(path: str | Path) -> dict[str, np.ndarray]:
         if handle.read(4) != b"ply\n":
             raise UserInputError("not a PLY file (no 'ply' magic line)", path=path)
         elements, byte_order = _parse_header(handle, path)
+        size = os.fstat(handle.fileno()).st_size
         data = {}
         for name, count, props in elements:
             try:
                 dtype = np.dtype([(prop, byte_order + kind) for kind, prop in props])
             except (ValueError, TypeError) as error:  # e.g. a property name used twice
                 raise UserInputError(f"bad properties in PLY element '{name}' ({error})", path=path) from error
+            # Checked before reading: a header may claim any count, and numpy would allocate it all.
+            left = size - handle.tell()
+            if count * dtype.itemsize > left:
+                raise UserInputError(
+                    f"truncated PLY: element '{name}' needs {count} x {dtype.itemsize} bytes, the file has {left} left",
+                    path=path,
+                    fix="copy or export the scene again",
+                )
+            if dtype.itemsize == 0:
+                data[name] = np.zeros(count, dtype=dtype)
+                continue
             array = np.fromfile(handle, dtype=dtype, count=count)
             if len(array) != count:
                 raise UserInputError(f"truncated PLY: element '{name}' has {len(array)} of {count} records", path=path)
@@ -289,7 +313,7 @@ def load_ply(path: str | Path, missing_color_space: int = COLOR_SPACE_SRGB) -> t
         return torch.from_numpy(np.stack([vertex[n].astype(np.float32) for n in names], axis=-1))[None]
 
     colors = sh_to_rgb(columns([f"f_dc_{i}" for i in range(3)]))
-    color_space = int(elements["color_space"]["color_space"][0]) if "color_space" in elements else missing_color_space
+    color_space = _color_space(elements, path, missing_color_space)
     if color_space == COLOR_SPACE_SRGB:
         colors = srgb_to_linear(colors)
     gaussians = Gaussians3D(
@@ -302,17 +326,77 @@ def load_ply(path: str | Path, missing_color_space: int = COLOR_SPACE_SRGB) -> t
     return gaussians, _scene_meta(elements, path)
 
 
+# PLY properties behind each attribute of a loaded scene, for error messages.
+_ATTRIBUTE_PROPS = {
+    "mean_vectors": "x/y/z",
+    "singular_values": "scale_0..2",
+    "quaternions": "rot_0..3",
+    "colors": "f_dc_0..2",
+    "opacities": "opacity",
+}
+
+
+def check_scene(gaussians: Gaussians3D, meta: SceneMeta, path: str | Path) -> None:
+    """Refuse a loaded scene that cannot be rendered: no Gaussians, NaN/Inf values, zero rotations,
+    everything behind the camera, or an unusable image size / focal length. Each gets its own message.
+    """
+    fix = "re-export the scene with `sharp-export predict`, which never writes such values"
+    count = gaussians.mean_vectors.shape[1]
+    if count == 0:
+        raise UserInputError("PLY has no Gaussians (element vertex 0)", path=path, fix=fix)
+    bad = []
+    for name, props in _ATTRIBUTE_PROPS.items():
+        values = getattr(gaussians, name)[0]  # [N, C] or [N]
+        rows = ~torch.isfinite(values.reshape(count, -1)).all(dim=1)
+        if rows.any():
+            bad.append(f"{props} of {int(rows.sum())} Gaussians (first: vertex {int(rows.nonzero()[0, 0])})")
+    if bad:
+        raise UserInputError(
+            "PLY has NaN or Inf values (or scales whose exp overflows): " + "; ".join(bad), path=path, fix=fix
+        )
+    zero_rotations = int((gaussians.quaternions[0].norm(dim=-1) == 0).sum())
+    if zero_rotations:
+        raise UserInputError(
+            f"PLY has {zero_rotations} Gaussians with an all-zero rotation rot_0..3", path=path, fix=fix
+        )
+    if not bool((gaussians.mean_vectors[0, :, 2] > 0).any()):
+        raise UserInputError("every Gaussian of the PLY is behind the camera (z <= 0)", path=path, fix=fix)
+    if not (math.isfinite(meta.f_px) and meta.f_px > 0 and meta.width >= 1 and meta.height >= 1):
+        raise UserInputError(
+            f"PLY metadata is unusable: focal length {meta.f_px:g} px, image size {meta.width}x{meta.height}",
+            path=path,
+            fix=fix,
+        )
+
+
+def _element_values(elements: dict[str, np.ndarray], name: str, path: Path, sizes: tuple[int, ...]) -> np.ndarray:
+    """The values of the one-property element ``name`` as float64, refused unless there are ``sizes`` of them."""
+    element = elements[name]
+    if element.dtype.names != (name,):
+        raise UserInputError(f"PLY element '{name}' must have one property named '{name}'", path=path)
+    values = element[name].astype(np.float64)
+    if len(values) not in sizes:
+        wanted = " or ".join(str(n) for n in sizes)
+        raise UserInputError(f"PLY element '{name}' needs {wanted} values, has {len(values)}", path=path)
+    if not np.isfinite(values).all():
+        raise UserInputError(f"PLY element '{name}' has NaN or Inf values", path=path)
+    return values
+
+
+def _color_space(elements: dict[str, np.ndarray], path: Path, missing: int) -> int:
+    if "color_space" not in elements:
+        return missing
+    return int(_element_values(elements, "color_space", path, (1,))[0])
+
+
 def _scene_meta(elements: dict[str, np.ndarray], path: Path) -> SceneMeta:
     if "intrinsic" not in elements:
         return SceneMeta(f_px=512.0, width=640, height=480)  # ml-sharp's VGA default
-    intrinsic = elements["intrinsic"]["intrinsic"].astype(np.float64)
     if "image_size" not in elements:  # legacy: (fx, fy, W, H)
-        if len(intrinsic) != 4:
-            raise UserInputError(f"legacy intrinsic element needs 4 values, has {len(intrinsic)}", path=path)
+        intrinsic = _element_values(elements, "intrinsic", path, (4,))
         return SceneMeta(f_px=float(intrinsic[0]), width=int(intrinsic[2]), height=int(intrinsic[3]))
-    if len(intrinsic) != 9:
-        raise UserInputError(f"intrinsic element needs 9 values, has {len(intrinsic)}", path=path)
-    size = elements["image_size"]["image_size"]
+    intrinsic = _element_values(elements, "intrinsic", path, (9,))
+    size = _element_values(elements, "image_size", path, (2,))
     return SceneMeta(f_px=float(intrinsic[0]), width=int(size[0]), height=int(size[1]))
 
 

@@ -10,11 +10,19 @@ What ml-sharp does and we therefore do (docs/architecture.md §7.1):
   which ml-sharp would pass on as raw index or channel data, are converted to RGB by PIL instead.
 * Focal length from EXIF, looked up in the main IFD and the Exif sub-IFD (0x8769, where cameras put
   FocalLength); f_px = f_35mm * sqrt(W^2 + H^2) / sqrt(36^2 + 24^2) with the rotated W, H.
+
+Where we deliberately differ from ml-sharp, for hostile or broken files:
+
+* Images above ``max_pixels`` (100 MP by default) are refused from their header, before any pixel is
+  decoded (a decompression bomb is a small file that claims a huge size).
+* A focal length that is not a number, or whose 35 mm equivalent lies outside [1, 10000] mm (0, negative,
+  absurdly large), is replaced by the 30 mm default with a warning line; ml-sharp would carry it into f_px.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from sharp_export.errors import MissingDependencyError, UserInputError
+from sharp_export.progress import echo
 
 DEFAULT_FOCAL_35MM = 30.0  # ml-sharp's assumption when EXIF has no focal length
 CROP_FACTOR_GUESS = 8.4  # ml-sharp's crude phone-sensor crop factor for raw focal lengths below 10 mm
@@ -34,6 +43,11 @@ EXIF_IFD = 0x8769
 TAG_ORIENTATION = 0x0112
 TAG_FOCAL_LENGTH = 0x920A  # FocalLength, mm of the real lens (Exif IFD)
 TAG_FOCAL_35MM = 0xA405  # FocalLengthIn35mmFilm (PIL name; exiftool calls it FocalLenIn35mmFilm)
+_FOCAL_TAG_NAMES = {TAG_FOCAL_35MM: "FocalLengthIn35mmFilm", TAG_FOCAL_LENGTH: "FocalLength"}
+# Plausible 35 mm equivalent focal lengths: below 1 mm the diagonal field of view passes 174 degrees, above
+# 10 m it is under 0.25 degrees. Values outside are corrupt EXIF, not lenses.
+FOCAL_35MM_RANGE = (1.0, 10_000.0)
+DEFAULT_MAX_PIXELS = 100_000_000  # decompression-bomb guard (--max-pixels); a 100 MP photo still loads
 
 
 @dataclass
@@ -43,16 +57,20 @@ class LoadedImage:
     width: int
     height: int
     path: Path
+    warnings: tuple[str, ...] = ()  # fallbacks taken for broken metadata (also printed as warning lines)
 
 
-def load_image(path: str | Path) -> LoadedImage:
-    """Read an image file as ml-sharp does; any unreadable input is a ``UserInputError`` naming the file."""
+def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
+    """Read an image file as ml-sharp does; any unreadable input is a ``UserInputError`` naming the file.
+
+    Images with more than ``max_pixels`` pixels are refused before decoding (decompression-bomb guard).
+    """
     path = Path(path)
     if not path.exists():
         raise UserInputError("image file not found", path=path, fix="check the path")
     if path.is_dir():
         raise UserInputError("expected an image file, got a directory", path=path, fix="pass the file itself")
-    pil = _open_pil(path)
+    pil = _open_pil(path, max_pixels)
     try:
         exif = _exif_values(pil)
         pil = _apply_orientation(pil, exif.get(TAG_ORIENTATION, 1))
@@ -60,11 +78,31 @@ def load_image(path: str | Path) -> LoadedImage:
     except (OSError, ValueError, SyntaxError) as error:  # PIL reports truncated / corrupt data lazily
         raise UserInputError(f"cannot decode image data ({error})", path=path, fix="re-export the image") from error
     height, width = rgb.shape[:2]
-    f_35mm = focal_length_35mm(exif)
-    return LoadedImage(rgb=rgb, f_px=focal_length_px(f_35mm, width, height), width=width, height=height, path=path)
+    f_35mm, notes = checked_focal_length_35mm(exif)
+    for note in notes:
+        echo(f"warning: {path}: {note}")
+    return LoadedImage(
+        rgb=rgb,
+        f_px=focal_length_px(f_35mm, width, height),
+        width=width,
+        height=height,
+        path=path,
+        warnings=tuple(notes),
+    )
 
 
-def _open_pil(path: Path):
+def check_pixel_count(path: Path, width: int, height: int, max_pixels: int) -> None:
+    """Refuse an image whose header claims more than ``max_pixels`` pixels (nothing decoded yet)."""
+    if width * height > max_pixels:
+        raise UserInputError(
+            f"image is {width}x{height} ({width * height:,} pixels), above the --max-pixels limit of "
+            f"{max_pixels:,}: refused unread as a possible decompression bomb",
+            path=path,
+            fix=f"if you trust the file, pass --max-pixels {width * height}",
+        )
+
+
+def _open_pil(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS):
     from PIL import Image, UnidentifiedImageError
 
     if path.suffix.lower() in HEIF_SUFFIXES:
@@ -73,18 +111,37 @@ def _open_pil(path: Path):
         except ImportError as error:
             raise MissingDependencyError("pillow-heif", "heic", "Reading HEIC images") from error
         try:
-            return pillow_heif.open_heif(path, convert_hdr_to_8bit=True).to_pillow()
+            heif = pillow_heif.open_heif(path, convert_hdr_to_8bit=True)
+            check_pixel_count(path, *heif.size, max_pixels)
+            return heif.to_pillow()
+        except PermissionError as error:
+            raise UserInputError("cannot read the file (permission denied)", path=path) from error
         except (OSError, ValueError, RuntimeError) as error:
             raise UserInputError(f"not a readable HEIC image ({error})", path=path) from error
+    # Our limit replaces PIL's own (a warning at 89 MP, an error at 179 MP): the header is read with PIL's
+    # check off, our check runs, and only then are pixels decoded.
+    previous_limit = Image.MAX_IMAGE_PIXELS
     try:
-        pil = Image.open(path)
-        pil.load()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            Image.MAX_IMAGE_PIXELS = None
+            pil = Image.open(path)
+            check_pixel_count(path, pil.width, pil.height, max_pixels)
+            pil.load()
+    except PermissionError as error:
+        raise UserInputError(
+            "cannot read the file (permission denied)", path=path, fix="check its permissions"
+        ) from error
     except UnidentifiedImageError as error:
         raise UserInputError(
             "not an image PIL can read", path=path, fix=f"use one of {', '.join(IMAGE_SUFFIXES)}"
         ) from error
     except (OSError, ValueError, SyntaxError) as error:
         raise UserInputError(f"cannot decode image data ({error})", path=path, fix="re-export the image") from error
+    except Image.DecompressionBombError as error:  # a decoder's own check (should not fire with the limit off)
+        raise UserInputError(f"refused as a possible decompression bomb ({error})", path=path) from error
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous_limit
     return pil
 
 
@@ -156,6 +213,27 @@ def focal_length_35mm(exif: dict[int, object]) -> float:
     if f_mm is None:
         f_mm = DEFAULT_FOCAL_35MM
     return f_mm * CROP_FACTOR_GUESS if f_mm < 10.0 else f_mm
+
+
+def checked_focal_length_35mm(exif: dict[int, object]) -> tuple[float, list[str]]:
+    """``focal_length_35mm`` guarded against corrupt EXIF: (value, warnings).
+
+    A focal tag that is not a finite number is ignored (with a warning); a result outside
+    ``FOCAL_35MM_RANGE`` (0, negative, absurdly large) falls back to the 30 mm default (with a warning).
+    """
+    notes = []
+    for tag, name in _FOCAL_TAG_NAMES.items():
+        if tag in exif and _as_float(exif[tag]) is None:
+            notes.append(f"EXIF {name} {str(exif[tag])[:40]!r} is not a finite number; ignored")
+    f_35mm = focal_length_35mm(exif)
+    low, high = FOCAL_35MM_RANGE
+    if not low <= f_35mm <= high:
+        notes.append(
+            f"EXIF focal length gives {f_35mm:g} mm (35 mm equivalent), outside {low:g}-{high:g} mm; "
+            f"using the default {DEFAULT_FOCAL_35MM:g} mm instead"
+        )
+        f_35mm = DEFAULT_FOCAL_35MM
+    return f_35mm, notes
 
 
 def focal_length_px(f_35mm: float, width: int, height: int) -> float:

@@ -131,7 +131,14 @@ def open_runner(artifact_dir: str | Path, device: str = "cpu", *, verify: bool =
     check_file_sizes(artifact_dir, manifest)
     if verify:
         verify_files(artifact_dir)
-    target = get_target(manifest.target)
+    try:
+        target = get_target(manifest.target)
+    except UserInputError as error:  # an artifact of a target this installation does not know
+        raise UserInputError(
+            f"the manifest names target '{manifest.target}', which this sharp-export does not have ({error.message})",
+            path=artifact_dir,
+            fix="run it with the sharp-export (and plug-in) that exported it",
+        ) from None
     if device not in target.devices:
         raise UserInputError(
             f"a {target.name} artifact runs on {', '.join(target.devices)}, not '{device}'",

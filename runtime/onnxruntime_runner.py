@@ -53,8 +53,17 @@ class OnnxRuntimeRunner(Runner):
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = self.intra_op_threads
         options.enable_cpu_mem_arena = self.cpu_memory_arena
-        # External data (model.onnx.data) is resolved relative to the model file's directory.
-        self.session = onnxruntime.InferenceSession(str(self.model_path), options, providers=self.providers())
+        providers = self.providers()
+        try:
+            # External data (model.onnx.data) is resolved relative to the model file's directory.
+            self.session = onnxruntime.InferenceSession(str(self.model_path), options, providers=providers)
+        except Exception as error:  # ORT's own types (InvalidProtobuf, Fail, ...): a damaged or foreign file
+            first = (str(error).strip().splitlines() or [""])[0][:200]
+            raise UserInputError(
+                f"ONNX Runtime cannot load this model ({type(error).__name__}: {first})",
+                path=self.model_path,
+                fix="check the files with `sharp-export run --verify ...`, or export the artifact again",
+            ) from None
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def _infer(self, image: np.ndarray, disparity_factor: np.ndarray) -> Gaussians3D:

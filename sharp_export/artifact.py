@@ -8,6 +8,7 @@ directory, so a crashed or interrupted export never leaves something that looks 
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import os
@@ -20,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sharp_export.errors import UserInputError
+from sharp_export.errors import UserInputError, output_error
 from sharp_export.reference.hashing import sha256_file
 
 SCHEMA_VERSION = 1
@@ -182,14 +183,60 @@ def read_manifest(directory: str | Path) -> Manifest:
             path=path,
             fix="re-export with this version or install the version that wrote it",
         )
+    problem = _manifest_problem(data)
+    if problem is not None:
+        raise UserInputError(f"has a malformed manifest ({problem})", path=path, fix="re-export the artifact")
     try:
         return Manifest.from_dict(data)
-    except (KeyError, TypeError, IndexError) as error:
+    except (KeyError, TypeError, IndexError, AttributeError, ValueError) as error:
         raise UserInputError(f"has a malformed manifest ({error!r})", path=path, fix="re-export the artifact") from None
+
+
+def _safe_relative(name: object) -> bool:
+    """A path inside the artifact: relative, no '..' (a hostile manifest must not point outside)."""
+    if not isinstance(name, str) or not name:
+        return False
+    parts = Path(name).parts
+    return not Path(name).is_absolute() and ".." not in parts
+
+
+def _manifest_problem(data: dict[str, Any]) -> str | None:
+    """The first field a runner relies on that has the wrong type, or None."""
+    for key, kind in (("target", str), ("precision", str), ("source", dict), ("options", dict), ("files", dict)):
+        if not isinstance(data[key], kind):
+            return f"'{key}' is a {type(data[key]).__name__}, expected a {kind.__name__}"
+    preprocessing = data.get("preprocessing")
+    if not isinstance(preprocessing, dict) or not isinstance(preprocessing.get("resolution"), int):
+        return "'preprocessing.resolution' is missing or not an integer"
+    io = data["io"]
+    if not isinstance(io, dict) or not isinstance(io.get("inputs"), list) or not isinstance(io.get("outputs"), list):
+        return "'io' lacks its inputs and outputs lists"
+    for spec in io["inputs"] + io["outputs"]:
+        if not isinstance(spec, dict) or not isinstance(spec.get("shape"), list) or "name" not in spec:
+            return f"'io' entry {str(spec)[:60]!r} lacks a name or shape"
+    for rel, info in data["files"].items():
+        if not _safe_relative(rel):
+            return f"file entry {rel!r} is not a relative path inside the artifact"
+        if (
+            not isinstance(info, dict)
+            or not isinstance(info.get("sha256"), str)
+            or not isinstance(info.get("size"), int)
+        ):
+            return f"file entry {rel!r} lacks its sha256 or size"
+    main = data.get("main_file", "")
+    if main and not _safe_relative(main):
+        return f"main_file {main!r} is not a relative path inside the artifact"
+    return None
 
 
 def check_file_sizes(directory: Path, manifest: Manifest) -> None:
     """Cheap pre-load check: every listed file exists with its recorded size (catches truncated copies)."""
+    if manifest.main_file and not (directory / manifest.main_file).exists():
+        raise UserInputError(
+            f"the model file {manifest.main_file} named by the manifest is missing",
+            path=directory,
+            fix="copy the whole directory",
+        )
     for rel, info in manifest.files.items():
         path = directory / rel
         if not path.is_file():
@@ -222,19 +269,25 @@ def verify_files(directory: str | Path) -> dict[str, dict[str, Any]]:
     return manifest.files
 
 
-def _is_artifact(path: Path) -> bool:
-    return path.is_dir() and (path / MANIFEST_NAME).is_file()
+def _is_artifact(path: Path, marker: str = MANIFEST_NAME) -> bool:
+    return path.is_dir() and (path / marker).is_file()
 
 
-def check_output_path(final: Path, force: bool) -> None:
+def check_output_path(final: Path, force: bool, marker: str = MANIFEST_NAME) -> None:
     """Refuse to overwrite: an existing artifact needs --force; anything else is never replaced."""
     if not final.exists():
         return
+    if not final.is_dir():
+        raise UserInputError(
+            "is an existing file, not a folder; an artifact is a folder and a file is never replaced",
+            path=final,
+            fix="choose another output path",
+        )
     if not force:
         raise UserInputError(
             "already exists", path=final, fix="pass --force to replace it, or choose another output directory"
         )
-    if not _is_artifact(final) and not (final.is_dir() and not any(final.iterdir())):
+    if not _is_artifact(final, marker) and not (final.is_dir() and not any(final.iterdir())):
         raise UserInputError(
             "exists and is not a sharp-export artifact; --force only replaces artifacts",
             path=final,
@@ -243,19 +296,37 @@ def check_output_path(final: Path, force: bool) -> None:
 
 
 @contextlib.contextmanager
-def atomic_directory(final: str | Path, *, force: bool = False) -> Iterator[Path]:
+def atomic_directory(final: str | Path, *, force: bool = False, marker: str = MANIFEST_NAME) -> Iterator[Path]:
     """Yield a temp directory beside ``final``; move it into place on success, delete it on any failure."""
     final = Path(final).absolute()
-    check_output_path(final, force)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{final.name}.tmp-", dir=final.parent))
+    check_output_path(final, force, marker)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{final.name}.tmp-", dir=final.parent))
+    except OSError as error:
+        converted = output_error(error, final, "cannot create the output folder", "nothing was written")
+        if converted is None:
+            raise
+        raise converted from None
     os.chmod(tmp, 0o755)  # mkdtemp makes 0700; an artifact is meant to be shared and copied
     try:
         yield tmp
         _commit(tmp, final)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(error, OSError) and _is_write_fault(error, tmp):
+            kept = "the existing artifact is unchanged" if final.exists() else "nothing was left at that path"
+            converted = output_error(error, final, outcome=kept)
+            if converted is not None:
+                raise converted from None
         raise
+
+
+def _is_write_fault(error: OSError, workdir: Path) -> bool:
+    """A failed write into the artifact being built (not, say, a checkpoint that cannot be read)."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return True
+    return error.filename is None or str(error.filename).startswith(str(workdir))
 
 
 def _commit(tmp: Path, final: Path) -> None:

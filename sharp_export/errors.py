@@ -5,8 +5,10 @@ The CLI turns a ``SharpExportError`` into one line on stderr and the exit code b
 =====  ======================================================
 code   meaning
 =====  ======================================================
-1      bad input or usage (missing file, wrong keys, bad flag)
-2      a needed optional dependency is missing
+1      bad input or usage (missing, corrupt or hostile file, wrong keys, conflicting flags), an output
+       that cannot be written (full disk, read-only folder, existing file without --force), out of memory
+2      a needed optional dependency is missing; also click's own parse errors (unknown option, a
+       number out of its range such as --frames 0)
 3      parity failed: the artifact does not match the reference
 4      conversion failed inside a toolchain
 5      unexpected internal error (a bug: rerun with -v for the traceback)
@@ -16,6 +18,8 @@ code   meaning
 
 from __future__ import annotations
 
+import errno
+from collections.abc import Sequence
 from pathlib import Path
 
 UNEXPECTED_EXIT_CODE = 5
@@ -48,6 +52,59 @@ class UserInputError(SharpExportError):
 
 class CheckpointError(UserInputError):
     """A checkpoint cannot be read or does not fit the chosen preset."""
+
+
+class OutputError(UserInputError):
+    """An output cannot be written (full disk, read-only or missing folder, a file in the way).
+
+    A batch stops at this error: every later output would fail the same way.
+    """
+
+
+# errno values that mean "this output location cannot take the write", with what to do about each.
+_WRITE_FAULTS = {
+    errno.ENOSPC: ("no space left on the device", "free disk space or write to another -o folder"),
+    errno.EDQUOT: ("disk quota exceeded", "free space in your quota or write to another -o folder"),
+    errno.EFBIG: ("file too large for this file system", "write to another file system"),
+    errno.EROFS: ("the file system is read-only", "write to a writable -o folder"),
+    errno.EACCES: ("permission denied", "write to a folder you can write to, or fix its permissions"),
+    errno.EPERM: ("operation not permitted", "write to a folder you can write to, or fix its permissions"),
+    errno.ENOTDIR: ("a parent of this path is a file, not a folder", "choose an -o path under a folder"),
+    errno.EEXIST: ("a file is in the way", "remove it or choose another -o path"),
+    errno.EISDIR: ("a folder is in the way", "move it away or choose another -o path"),
+    errno.EIO: ("input/output error from the device", "check the disk, or write elsewhere"),
+}
+
+
+def output_error(
+    error: OSError, path: str | Path, doing: str = "cannot write", outcome: str = ""
+) -> SharpExportError | None:
+    """The ``OutputError`` for a failed write of ``path``, or None when ``error`` is not a write fault.
+
+    The OS often reports a failed write without a file name (ENOSPC from ``write()``) or with a temporary
+    name; the error names the output the user asked for instead.
+    """
+    known = _WRITE_FAULTS.get(error.errno) if error.errno is not None else None
+    if known is None:
+        return None
+    cause, fix = known
+    return OutputError(f"{doing}: {cause}" + (f"; {outcome}" if outcome else ""), path=path, fix=fix)
+
+
+class BatchError(SharpExportError):
+    """Some items of a batch failed (each reported on its own line); the others were written.
+
+    The exit code is the highest among the failures, so a batch with only bad inputs exits 1.
+    """
+
+    def __init__(self, failed: Sequence[tuple[Path, SharpExportError]], total: int, written: str):
+        names = ", ".join(path.name for path, _ in failed[:5]) + (", ..." if len(failed) > 5 else "")
+        super().__init__(
+            f"{len(failed)} of {total} inputs failed ({names}); {written}",
+            fix="see the FAILED lines above; --fail-fast stops at the first failure",
+        )
+        self.failed = list(failed)
+        self.exit_code = max(error.exit_code for _, error in failed)
 
 
 class MissingDependencyError(SharpExportError):

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from sharp_export.reference.gaussians import Gaussians3D, SceneMeta, unproject_gaussians
-from sharp_export.reference.preprocess import load_image, prepare_input
+from sharp_export.reference.preprocess import DEFAULT_MAX_PIXELS, load_image, prepare_input
 
 # (image [1, 3, R, R] float32 in [0, 1], disparity_factor [1]) -> raw Gaussians in NDC*z space
 InferFn = Callable[[torch.Tensor, torch.Tensor], Gaussians3D]
@@ -27,10 +27,12 @@ class Prediction:
     seconds: dict[str, float]  # preprocess / model / postprocess
 
 
-def gaussians_for_image(path: Path, infer: InferFn, resolution: int, device: torch.device) -> Prediction:
+def gaussians_for_image(
+    path: Path, infer: InferFn, resolution: int, device: torch.device, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Prediction:
     """Run one image through ``infer`` and post-process to metric camera-space Gaussians."""
     start = time.perf_counter()
-    image = load_image(path)
+    image = load_image(path, max_pixels)
     tensor, disparity_factor = prepare_input(image, resolution, device=device)
     loaded = time.perf_counter()
     raw = infer(tensor, disparity_factor)

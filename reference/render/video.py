@@ -8,6 +8,7 @@ interrupted run never leaves a half-written file under the final name.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sharp_export.errors import MissingDependencyError, UserInputError
+from sharp_export.errors import MissingDependencyError, OutputError, SharpExportError, UserInputError, output_error
 from sharp_export.reference.gaussians import Gaussians3D, SceneMeta
 from sharp_export.reference.render.cameras import VIDEO_FPS, Camera
 from sharp_export.reference.render.gsplat_backend import render_scene
@@ -55,7 +56,11 @@ def depth_frame(depth: torch.Tensor, depth_max: float) -> np.ndarray:  # depth: 
 
 
 class _Mp4Writer:
-    """One H.264 stream written by imageio-ffmpeg to a temporary name, renamed by ``finish``."""
+    """One H.264 stream written by imageio-ffmpeg to a temporary name; ``close`` then ``commit`` or ``abort``.
+
+    imageio-ffmpeg does not check ffmpeg's exit status, so ``close`` does: a video that ffmpeg failed to
+    finish (full disk, unwritable folder) is never renamed into place.
+    """
 
     def __init__(self, target: Path, width: int, height: int):
         try:
@@ -68,19 +73,66 @@ class _Mp4Writer:
         self.generator = imageio_ffmpeg.write_frames(
             str(self.temp), (width, height), fps=VIDEO_FPS, codec="libx264", quality=5, macro_block_size=2
         )
-        self.generator.send(None)
+        try:
+            self.generator.send(None)  # starts ffmpeg
+        except BaseException:
+            self.abort()
+            raise
+        frame = getattr(self.generator, "gi_frame", None)  # imageio-ffmpeg keeps its Popen as the local 'p'
+        self.process = frame.f_locals.get("p") if frame is not None else None
 
     def append(self, frame: np.ndarray) -> None:  # frame: [H, W, 3] uint8
         self.generator.send(np.ascontiguousarray(frame))
 
-    def finish(self) -> Path:
+    def close(self) -> None:
+        """Let ffmpeg finish; raise ``OSError`` unless it exited cleanly and left a non-empty file."""
         self.generator.close()
+        code = self.process.poll() if self.process is not None else 0
+        if code != 0:
+            raise OSError(f"ffmpeg exited with status {code}")
+        if not self.temp.is_file() or self.temp.stat().st_size == 0:
+            raise OSError("ffmpeg wrote no video data")
+
+    def commit(self) -> Path:
         os.replace(self.temp, self.target)
         return self.target
 
     def abort(self) -> None:
-        self.generator.close()
-        self.temp.unlink(missing_ok=True)
+        try:
+            self.generator.close()
+        except Exception:  # ffmpeg is gone already; the temporary file goes regardless
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                self.temp.unlink(missing_ok=True)
+
+
+def _write_fault(error: OSError, path: Path) -> SharpExportError:
+    """A failed video or frame write as one line naming ``path`` (the partial output is already removed)."""
+    converted = output_error(error, path, outcome="no partial output was left")
+    if converted is not None:
+        return converted
+    detail = (error.strerror or str(error)).strip().splitlines()[0][:200]
+    return OutputError(
+        f"cannot write ({detail}); no partial output was left",
+        path=path,
+        fix="check free disk space and that the folder is writable, or write --png frames",
+    )
+
+
+def _replace_folder(new: Path, target: Path) -> None:
+    """Move ``new`` to ``target``; an existing ``target`` is moved aside first and deleted only afterwards."""
+    if not target.exists():
+        os.replace(new, target)
+        return
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    os.replace(target, old)
+    try:
+        os.replace(new, target)
+    except BaseException:
+        os.replace(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def render_trajectory(
@@ -106,7 +158,10 @@ def render_trajectory(
     if not cameras:
         raise UserInputError("no cameras to render", fix="use at least one frame (--frames 1 or more)")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise _write_fault(error, out_dir) from None
     width, height = cameras[0].width, cameras[0].height
     if not png and (width % 2 or height % 2):
         raise UserInputError(
@@ -116,16 +171,14 @@ def render_trajectory(
 
     writers: list[_Mp4Writer] = []
     frame_dir = None
-    if png:
-        from PIL import Image
-
-        frame_dir = Path(tempfile.mkdtemp(prefix=f".{stem}_frames.", dir=out_dir))
-    else:
-        writers = [
-            _Mp4Writer(out_dir / f"{stem}.mp4", width, height),
-            _Mp4Writer(out_dir / f"{stem}.depth.mp4", width, height),
-        ]
     try:
+        if png:
+            from PIL import Image
+
+            frame_dir = Path(tempfile.mkdtemp(prefix=f".{stem}_frames.", dir=out_dir))
+        else:
+            for name in (f"{stem}.mp4", f"{stem}.depth.mp4"):
+                writers.append(_Mp4Writer(out_dir / name, width, height))
         depth_max = None
         frames = tqdm(cameras, desc=stem, unit="frame", disable=not progress, file=sys.stderr, dynamic_ncols=True)
         for index, camera in enumerate(frames):
@@ -139,17 +192,20 @@ def render_trajectory(
             else:
                 writers[0].append(color)
                 writers[1].append(depth)
-    except BaseException:
+        for writer in writers:  # both videos complete before either is renamed into place
+            writer.close()
+        if frame_dir is None:
+            return [writer.commit() for writer in writers]
+        target = out_dir / f"{stem}_frames"
+        _replace_folder(frame_dir, target)
+        frame_dir = None
+        return sorted(target.iterdir())
+    except BaseException as error:
         for writer in writers:
             writer.abort()
         if frame_dir is not None:
             shutil.rmtree(frame_dir, ignore_errors=True)
+        if isinstance(error, OSError):
+            where = out_dir / (f"{stem}_frames" if png else f"{stem}.mp4")
+            raise _write_fault(error, where) from None
         raise
-
-    if frame_dir is None:
-        return [writer.finish() for writer in writers]
-    target = out_dir / f"{stem}_frames"
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(frame_dir, target)
-    return sorted(target.iterdir())

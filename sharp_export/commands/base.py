@@ -2,7 +2,8 @@
 
 A ``SharpExportError`` becomes one ``error: ...`` line on stderr and its exit code; click's usage errors one
 line and exit 2; an interrupt exit 130; an unexpected exception one line naming it, a hint to rerun with
-``-v`` (which shows the traceback) and exit code 5. No traceback otherwise. Exit codes: errors.py.
+``-v`` (which shows the traceback) and exit code 5; running out of memory one line and exit 1. No traceback
+otherwise. Exit codes: errors.py.
 """
 
 from __future__ import annotations
@@ -50,12 +51,19 @@ class OneLineCommand(click.Command):
             raise
         except KeyboardInterrupt:
             raise OneLineError("interrupted; partial outputs were removed", INTERRUPTED_EXIT_CODE) from None
+        except MemoryError:
+            if _verbose(ctx):
+                raise
+            raise OneLineError(
+                "out of memory (try a smaller input or preset, fewer images at once, or a machine with more RAM)", 1
+            ) from None
         except OSError as error:
             if _verbose(ctx):
                 raise
             # A failed read or write (full disk, read-only folder, permission): name the file and the cause.
             where = f"{error.filename}: " if error.filename else ""
-            raise OneLineError(f"{where}{error.strerror or error}", 1) from None
+            cause = (error.strerror or str(error) or type(error).__name__).strip().splitlines()[0][:300]
+            raise OneLineError(f"{where}{cause}", 1) from None
         except Exception as error:
             if _verbose(ctx):
                 raise

@@ -54,3 +54,28 @@ def ply_format_options(function: Callable) -> Callable:
         show_default=True,
         help="official: ml-sharp's PLY; viewer: vertex-only PLY for 3DGS viewers; splat: .splat for WebGL viewers.",
     )(function)
+
+
+# Literal for the same reason; tests/test_bad_inputs.py checks it equals reference.preprocess.DEFAULT_MAX_PIXELS.
+DEFAULT_MAX_PIXELS = 100_000_000
+
+
+def max_pixels_option(function: Callable) -> Callable:
+    """--max-pixels N: the decompression-bomb guard for every command that reads images."""
+    return click.option(
+        "--max-pixels",
+        type=click.IntRange(min=1),
+        default=DEFAULT_MAX_PIXELS,
+        show_default=True,
+        help="Refuse images with more pixels than this (decompression-bomb guard); raise it for huge photos.",
+    )(function)
+
+
+def batch_options(function: Callable) -> Callable:
+    """--force and --fail-fast, for every command that writes one output per input."""
+    function = click.option(
+        "--fail-fast", is_flag=True, help="Stop at the first input that fails (default: report it and go on)."
+    )(function)
+    return click.option(
+        "--force", is_flag=True, help="Replace existing output files (atomically); without it they are refused."
+    )(function)

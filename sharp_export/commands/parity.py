@@ -8,8 +8,23 @@ from pathlib import Path
 import click
 
 from sharp_export.commands.base import OneLineCommand
-from sharp_export.commands.options import model_options
+from sharp_export.commands.options import max_pixels_option, model_options
 from sharp_export.targets import all_devices
+
+
+def check_report_path(report: Path, force: bool) -> None:
+    """The --report file can be written: its folder exists and takes files, nothing is in the way."""
+    from sharp_export.errors import UserInputError
+    from sharp_export.outputs import FORCE_HINT, ensure_folder
+
+    if report.is_dir():
+        raise UserInputError("--report is a folder; it names the JSON file to write", path=report)
+    if report.exists() and not force:
+        raise UserInputError("already exists; nothing was overwritten", path=report, fix=FORCE_HINT)
+    folder = report.parent if str(report.parent) else Path(".")
+    if not folder.is_dir():
+        raise UserInputError("the --report folder does not exist", path=folder, fix="create it, or pick another path")
+    ensure_folder(folder, "--report")
 
 
 @click.command("parity", cls=OneLineCommand)
@@ -25,7 +40,11 @@ from sharp_export.targets import all_devices
 @click.option("--write-golden", type=click.Path(path_type=Path), default=None, help="Write a golden bundle and exit.")
 @click.option("--report", type=click.Path(path_type=Path), default=Path("parity.json"), show_default=True)
 @click.option("--device", type=click.Choice(list(all_devices())), default="cpu", show_default=True)
+@max_pixels_option
+@click.option("--force", is_flag=True, help="Replace an existing --report file or --write-golden bundle.")
+@click.pass_context
 def command(
+    ctx: click.Context,
     artifact: Path | None,
     preset: str,
     checkpoint: str | None,
@@ -38,6 +57,8 @@ def command(
     write_golden: Path | None,
     report: Path,
     device: str,
+    max_pixels: int,
+    force: bool,
 ) -> None:
     """Compare ARTIFACT with the reference model: per-attribute Gaussian errors and rendered views.
 
@@ -45,7 +66,7 @@ def command(
     With --write-golden DIR it saves inputs, reference Gaussians and renders instead (no ARTIFACT), and
     `parity ARTIFACT --golden DIR` checks an artifact against such a bundle without PyTorch weights.
     """
-    from sharp_export.artifact import read_manifest
+    from sharp_export.artifact import check_output_path, read_manifest
     from sharp_export.errors import UserInputError
     from sharp_export.parity import harness
     from sharp_export.parity.lpips import load_lpips, lpips_status
@@ -53,6 +74,7 @@ def command(
     from sharp_export.parity.tolerances import load_tolerances
     from sharp_export.parity.views import DEFAULT_POSES
     from sharp_export.progress import echo
+    from sharp_export.reference.ply import write_atomic
     from sharp_export.reference.preprocess import list_images
 
     pose_names = DEFAULT_POSES[:poses]
@@ -60,20 +82,32 @@ def command(
     if write_golden is not None:
         if artifact is not None or golden is not None:
             raise UserInputError("--write-golden takes no ARTIFACT and no --golden")
-        click.echo(str(harness.write_reference_golden(write_golden, preset, checkpoint, seed, paths, pose_names)))
+        check_output_path(write_golden.absolute(), force, harness.GOLDEN_INDEX)
+        written = harness.write_reference_golden(
+            write_golden, preset, checkpoint, seed, paths, pose_names, max_pixels=max_pixels, force=force
+        )
+        click.echo(str(written))
         return
     if artifact is None:
         raise UserInputError("no ARTIFACT given", fix="sharp-export parity ARTIFACT_DIR (or --write-golden DIR)")
     manifest = read_manifest(artifact)
+    explicit_preset = ctx.get_parameter_source("preset") == click.core.ParameterSource.COMMANDLINE
+    if explicit_preset and manifest.source.get("preset") != preset:
+        raise UserInputError(
+            f"the artifact is preset '{manifest.source.get('preset')}', not '{preset}'",
+            path=artifact,
+            fix="drop --preset; parity uses the artifact's own preset",
+        )
+    check_report_path(report, force)
     tols = load_tolerances(manifest.target, manifest.precision, tolerances)
     lpips_model = load_lpips(lpips_weights) if poses else None
     if poses and lpips_model is None:
         echo(lpips_status(lpips_weights).message() + "; the view gate uses PSNR and SSIM only")
     result = harness.check_artifact(
         artifact, tolerances=tols, poses=pose_names, lpips_model=lpips_model, device=device, golden=golden,
-        image_paths=paths, preset=preset, checkpoint=checkpoint, seed=seed,
+        image_paths=paths, preset=preset, checkpoint=checkpoint, seed=seed, max_pixels=max_pixels,
     )  # fmt: skip
     click.echo(format_table(result))
-    report.write_text(json.dumps(to_json(result), indent=2) + "\n")
+    write_atomic(report, [(json.dumps(to_json(result), indent=2) + "\n").encode()])
     echo(f"report: {report} ({'PASS' if result.passed else 'FAIL'})")
     raise_if_failed(result)

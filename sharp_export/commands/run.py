@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from sharp_export.commands.base import OneLineCommand
-from sharp_export.commands.options import ply_format_options
+from sharp_export.commands.options import batch_options, max_pixels_option, ply_format_options
 from sharp_export.progress import echo
 from sharp_export.targets import all_devices
 
@@ -25,6 +25,8 @@ from sharp_export.targets import all_devices
 @ply_format_options
 @click.option("--device", type=click.Choice(list(all_devices())), default="cpu", show_default=True)
 @click.option("--verify", is_flag=True, help="Re-hash every artifact file against its manifest before loading.")
+@max_pixels_option
+@batch_options
 def run_command(
     artifact: Path,
     inputs: tuple[Path, ...],
@@ -33,12 +35,21 @@ def run_command(
     y_up: bool,
     device: str,
     verify: bool,
+    max_pixels: int,
+    force: bool,
+    fail_fast: bool,
 ) -> None:
-    """Predict 3D Gaussians for each image with an exported ARTIFACT; one PLY per image, as `predict` writes."""
+    """Predict 3D Gaussians for each image with an exported ARTIFACT; one PLY per image, as `predict` writes.
+
+    A bad image is reported on its own line and the others are still written (exit code non-zero at the
+    end); --fail-fast stops at the first. Existing outputs are refused unless --force is given.
+    """
     import torch
 
     from sharp_export.artifact import read_manifest
+    from sharp_export.commands.predict import planned_outputs, scene_suffix
     from sharp_export.errors import UserInputError
+    from sharp_export.outputs import for_each_input, output_folder, plan_outputs
     from sharp_export.pipeline import gaussians_for_image
     from sharp_export.reference.ply import save_ply
     from sharp_export.reference.preprocess import list_images
@@ -48,27 +59,30 @@ def run_command(
         raise UserInputError("--y-up applies to --format viewer or splat; the official PLY keeps OpenCV axes")
     manifest = read_manifest(artifact)
     images = list_images(list(inputs))
+    suffix = scene_suffix(ply_format)
+    plan_outputs(planned_outputs(images, out_dir, suffix, render=False), force)
     resolution = int(manifest.preprocessing["resolution"])
-    start = time.perf_counter()
-    runner = open_runner(artifact, device, verify=verify)
-    with runner:
-        echo(
-            f"artifact: {manifest.target} {manifest.precision}, preset '{manifest.source['preset']}', "
-            f"{manifest.source['label']} ({time.perf_counter() - start:.1f} s to open)"
-        )
-        if manifest.parity.get("status") == "failed":
-            echo(f"note: this artifact FAILED parity when exported (see {artifact}/parity.json)")
-        out_dir.mkdir(parents=True, exist_ok=True)
-        suffix = ".splat" if ply_format == "splat" else ".ply"
-        for index, path in enumerate(images, start=1):
-            prediction = gaussians_for_image(path, runner.infer, resolution, torch.device("cpu"))
-            target = out_dir / f"{path.stem}{suffix}"
-            save_ply(prediction.gaussians, prediction.meta, target, format=ply_format, y_up=y_up)
-            t = prediction.seconds
+    with output_folder(out_dir):
+        start = time.perf_counter()
+        with open_runner(artifact, device, verify=verify) as runner:
             echo(
-                f"[{index}/{len(images)}] {path.name} -> {target}  "
-                f"(model {t['model']:.2f} s, pre {t['preprocess']:.2f} s, post {t['postprocess']:.2f} s)"
+                f"artifact: {manifest.target} {manifest.precision}, preset '{manifest.source.get('preset')}', "
+                f"{manifest.source.get('label')} ({time.perf_counter() - start:.1f} s to open)"
             )
+            if manifest.parity.get("status") == "failed":
+                echo(f"note: this artifact FAILED parity when exported (see {artifact}/parity.json)")
+
+            def run_one(index: int, path: Path) -> None:
+                prediction = gaussians_for_image(path, runner.infer, resolution, torch.device("cpu"), max_pixels)
+                target = out_dir / f"{path.stem}{suffix}"
+                save_ply(prediction.gaussians, prediction.meta, target, format=ply_format, y_up=y_up)
+                t = prediction.seconds
+                echo(
+                    f"[{index}/{len(images)}] {path.name} -> {target}  "
+                    f"(model {t['model']:.2f} s, pre {t['preprocess']:.2f} s, post {t['postprocess']:.2f} s)"
+                )
+
+            for_each_input(images, run_one, fail_fast=fail_fast, written="the other scenes were written")
     if manifest.source.get("untrained"):
         echo(f"note: these scenes come from {manifest.source['label']}; they show the pipeline, not SHARP's quality")
 

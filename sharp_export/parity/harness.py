@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from sharp_export.parity.report import ParityReport
 from sharp_export.parity.views import DEFAULT_POSES, compare_renders, render_views
 from sharp_export.progress import echo
 from sharp_export.reference.gaussians import GAUSSIAN_FIELDS, Gaussians3D, SceneMeta, unproject_gaussians
-from sharp_export.reference.preprocess import load_image, prepare_input
+from sharp_export.reference.preprocess import DEFAULT_MAX_PIXELS, load_image, prepare_input
 
 GOLDEN_INDEX = "golden.json"
 GOLDEN_ARRAYS = "golden.npz"
@@ -48,10 +49,10 @@ def default_image_paths() -> list[Path]:
     return [sample_image_path(name) for name in DEFAULT_SAMPLES]
 
 
-def load_inputs(paths: Sequence[Path], resolution: int) -> list[ParityInput]:
+def load_inputs(paths: Sequence[Path], resolution: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> list[ParityInput]:
     inputs = []
     for path in paths:
-        image = load_image(path)
+        image = load_image(path, max_pixels)
         tensor, factor = prepare_input(image, resolution)
         inputs.append(ParityInput(Path(path).stem, tensor, factor, SceneMeta(image.f_px, image.width, image.height)))
     return inputs
@@ -116,6 +117,7 @@ def write_golden(
     poses: Sequence[str],
     resolution: int,
     source: dict,
+    force: bool = False,
 ) -> Path:
     """Save inputs, reference Gaussians and reference renders (atomically) for checks without weights."""
     from sharp_export.artifact import atomic_directory
@@ -141,7 +143,7 @@ def write_golden(
         "images": images,
         "source": source,
     }
-    with atomic_directory(directory.absolute(), force=False) as work:
+    with atomic_directory(directory.absolute(), force=force, marker=GOLDEN_INDEX) as work:
         np.savez(work / GOLDEN_ARRAYS, **arrays)
         (work / GOLDEN_INDEX).write_text(json.dumps(index, indent=2) + "\n")
     return directory
@@ -153,11 +155,40 @@ def read_golden(directory: Path) -> tuple[dict, dict[str, np.ndarray]]:
         raise UserInputError(
             f"not a golden bundle (no {GOLDEN_INDEX})", path=directory, fix="make one with `parity --write-golden DIR`"
         )
-    index = json.loads(index_path.read_text())
-    if index.get("schema_version") != GOLDEN_SCHEMA:
-        raise UserInputError(f"golden bundle schema {index.get('schema_version')}, expected {GOLDEN_SCHEMA}")
-    with np.load(directory / GOLDEN_ARRAYS) as data:
-        arrays = {key: data[key] for key in data.files}
+    fix = "write the bundle again with `parity --write-golden DIR`"
+    try:
+        index = json.loads(index_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UserInputError(f"is not valid JSON ({error})", path=index_path, fix=fix) from None
+    if not isinstance(index, dict) or index.get("schema_version") != GOLDEN_SCHEMA:
+        found = index.get("schema_version") if isinstance(index, dict) else None
+        raise UserInputError(f"golden bundle schema {found}, expected {GOLDEN_SCHEMA}", path=index_path, fix=fix)
+    missing = [k for k in ("resolution", "poses", "images", "source") if k not in index]
+    if missing:
+        raise UserInputError(f"golden index lacks {missing}", path=index_path, fix=fix)
+    arrays_path = directory / GOLDEN_ARRAYS
+    if not arrays_path.is_file():
+        raise UserInputError(f"golden bundle has no {GOLDEN_ARRAYS}", path=directory, fix=fix)
+    try:
+        with np.load(arrays_path) as data:
+            arrays = {key: data[key] for key in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise UserInputError(f"cannot read the golden arrays ({error})", path=arrays_path, fix=fix) from None
+    expected = [
+        f"{image.get('name')}/{field}"
+        for image in index["images"]
+        for field in ("image", "disparity_factor", *GAUSSIAN_FIELDS)
+    ] + [
+        f"{image.get('name')}/render/{pose}/{part}"
+        for image in index["images"]
+        for pose in index["poses"]
+        for part in ("color", "depth", "alpha")
+    ]
+    absent = [key for key in expected if key not in arrays]
+    if absent:
+        raise UserInputError(
+            f"golden arrays lack {len(absent)} entries (first: {absent[0]})", path=arrays_path, fix=fix
+        )
     return index, arrays
 
 
@@ -168,11 +199,29 @@ def check_golden(
     lpips_model: Any = None,
     meta: dict | None = None,
     max_poses: int | None = None,
+    artifact_input: tuple[int | str | None, str | None] | None = None,  # (resolution, preset) of the artifact
 ) -> ParityReport:
     """An artifact against a golden bundle: no reference weights or reference model needed."""
     from sharp_export.reference.render import RenderOutput
 
     index, arrays = read_golden(directory)
+    if artifact_input is not None and artifact_input[0] != index["resolution"]:
+        preset = index["source"].get("preset") if isinstance(index["source"], dict) else None
+        raise UserInputError(
+            f"the golden bundle holds {index['resolution']} px inputs (preset '{preset}'), the artifact takes "
+            f"{artifact_input[0]} px (preset '{artifact_input[1]}')",
+            path=directory,
+            fix="use a bundle written with the artifact's preset",
+        )
+    expected_shape = (1, 3, index["resolution"], index["resolution"])
+    for image in index["images"]:
+        found = tuple(arrays[f"{image['name']}/image"].shape)
+        if found != expected_shape:
+            raise UserInputError(
+                f"golden image '{image['name']}' has shape {found}, its index says {expected_shape}",
+                path=directory,
+                fix="write the bundle again with `parity --write-golden DIR`",
+            )
     poses = index["poses"][:max_poses] if max_poses is not None else index["poses"]
     report = ParityReport(meta={**(meta or {}), "golden": str(directory), "golden_source": index["source"]})
     for number, image in enumerate(index["images"], start=1):
@@ -208,9 +257,21 @@ def check_golden(
 
 def reference_weights(manifest: Any, checkpoint: str | None, seed: int | None) -> tuple[str | None, int | None]:
     """-c/--seed when given, else what the artifact was exported from (its checkpoint path or seed)."""
+    source = manifest.source if manifest is not None else {}
+    if seed is not None and source.get("checkpoint_sha256"):
+        raise UserInputError(
+            f"the artifact was exported from a checkpoint (sha256 {source['checkpoint_sha256'][:12]}), "
+            f"so --seed {seed} would compare it with other weights",
+            fix="drop --seed (parity then uses the artifact's checkpoint), or pass that checkpoint with -c",
+        )
+    if seed is not None and source.get("seed") is not None and int(source["seed"]) != seed:
+        raise UserInputError(
+            f"the artifact was exported from seed {source['seed']}, so --seed {seed} would compare it with "
+            "other weights",
+            fix=f"drop --seed, or pass --seed {source['seed']}",
+        )
     if checkpoint is not None or seed is not None:
         return checkpoint, seed
-    source = manifest.source if manifest is not None else {}
     if source.get("seed") is not None:
         return None, int(source["seed"])
     path = source.get("checkpoint_path")
@@ -229,6 +290,8 @@ def write_reference_golden(
     seed: int | None,
     image_paths: Sequence[Path],
     poses: Sequence[str],
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    force: bool = False,
 ) -> Path:
     """Build the reference model and write a golden bundle of it on ``image_paths``."""
     from sharp_export.reference.checkpoint import build_model
@@ -236,10 +299,10 @@ def write_reference_golden(
 
     loaded = build_model(preset, checkpoint, seed)
     resolution = int(loaded.model.resolution)
-    inputs = load_inputs(image_paths, resolution)
+    inputs = load_inputs(image_paths, resolution, max_pixels)
     source = {"preset": preset, "label": loaded.source_label, "checkpoint_sha256": loaded.checkpoint_sha256}
     with TorchRunner(loaded) as reference:
-        return write_golden(directory, reference.infer, inputs, poses, resolution, source)
+        return write_golden(directory, reference.infer, inputs, poses, resolution, source, force=force)
 
 
 def check_artifact(
@@ -254,6 +317,7 @@ def check_artifact(
     preset: str = "sharp",
     checkpoint: str | None = None,
     seed: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> ParityReport:
     """An artifact against a golden bundle (``golden``), else against the reference model on ``image_paths``.
 
@@ -267,10 +331,19 @@ def check_artifact(
 
     manifest = read_manifest(artifact)
     meta: dict[str, Any] = {"artifact": str(artifact), "target": manifest.target, "precision": manifest.precision}
+    artifact_resolution = manifest.io.inputs[0].shape[-1] if manifest.io.inputs else None
     with open_runner(artifact, device) as runner:
         if golden is not None:
-            return check_golden(golden, runner.infer, tolerances, lpips_model, meta, max_poses=len(poses))
+            wanted = (artifact_resolution, manifest.source.get("preset"))
+            return check_golden(golden, runner.infer, tolerances, lpips_model, meta, len(poses), wanted)
         loaded = build_model(manifest.source.get("preset", preset), *reference_weights(manifest, checkpoint, seed))
+        if int(loaded.model.resolution) != artifact_resolution:
+            raise UserInputError(
+                f"the artifact takes {artifact_resolution} px inputs, but the reference model of preset "
+                f"'{loaded.preset}' takes {int(loaded.model.resolution)} px: its manifest is inconsistent",
+                path=artifact,
+                fix="export the artifact again",
+            )
         expected = manifest.source.get("checkpoint_sha256")
         if expected and loaded.checkpoint_sha256 != expected:
             raise UserInputError(
@@ -280,6 +353,6 @@ def check_artifact(
             )
         meta["reference"] = loaded.source_label
         resolution = int(loaded.model.resolution)
-        inputs = load_inputs(image_paths or default_image_paths(), resolution)
+        inputs = load_inputs(image_paths or default_image_paths(), resolution, max_pixels)
         with TorchRunner(loaded) as reference:
             return run_parity(runner.infer, reference.infer, inputs, tolerances, poses, lpips_model, resolution, meta)
