@@ -37,12 +37,19 @@ def test_torch_runner_is_the_eager_model(golden_dir):
     example = example_inputs(384, 2)
     with torch.no_grad():
         direct = loaded.model(example.image, example.disparity_factor)
-    with TorchRunner(loaded) as runner:
+    with TorchRunner(loaded, channels_last=False) as runner:
         assert runner.io.dynamic_batch
         out = runner.infer(example.image, example.disparity_factor.numpy())  # torch or numpy inputs
         assert runner.last_inference_time_s > 0
     for a, b in zip(out, direct, strict=True):
-        assert torch.equal(a, b)  # same module, same inputs: bit-identical
+        assert torch.equal(a, b)  # same module, same inputs, NCHW: bit-identical
+    with TorchRunner(loaded) as runner:  # the CPU default: channels-last convolutions
+        assert runner.channels_last
+        fast = runner.infer(example.image, example.disparity_factor.numpy())
+    loaded.model.to(memory_format=torch.contiguous_format)
+    for a, b in zip(fast, direct, strict=True):
+        # Another summation order only: measured max |diff| / max |value| ~1e-7 (tiny), z rel 3.1e-7 (full).
+        assert float((a - b).abs().max()) <= 1e-5 * max(float(b.abs().max()), 1.0)
     golden = np.load(golden_dir / "out_square_perturbed.npz")
     # batch entry 0 is the golden input.png with disparity_factor 1.0; measured |torch - ml-sharp| <= 1.4e-4
     np.testing.assert_allclose(out.mean_vectors[:1].numpy(), golden["mean_vectors"], rtol=0, atol=1e-3)
