@@ -76,12 +76,15 @@ class ProxyOutputs:
 
     For targets whose artifacts cannot run here (Core ML off macOS): ``run_export`` compares
     ``gaussians`` with the torch reference under the target's tolerances and records the result, labelled,
-    in the manifest's parity section. ``details`` is recorded as it is.
+    in the manifest's parity section. ``details`` is recorded as it is. ``tolerance_profile`` names the
+    profile (sharp_export/parity/tolerances.py) that gates it when the target's profile for the precision
+    does not fit, e.g. Core ML --weights compression, an option rather than a precision.
     """
 
     label: str  # says plainly that this is a proxy and what it simulates
     gaussians: Gaussians3D  # raw outputs for the export's example input, [B, N, C]
     details: dict[str, Any] = field(default_factory=dict)
+    tolerance_profile: str | None = None  # None: the target's profile for the export's precision
 
 
 # convert(ctx) -> ConvertResult: write the native files into ctx.workdir; raise ConversionError on failure.

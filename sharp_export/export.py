@@ -157,16 +157,21 @@ def _reference_outputs(model: torch.nn.Module, example: ExampleInputs) -> Gaussi
 
 
 def gate_proxy(target: Target, precision: str, outputs: ProxyOutputs, reference: Gaussians3D) -> dict[str, Any]:
-    """A target's torch proxy against the reference, gated by the target's own tolerances at ``precision``."""
+    """A target's torch proxy against the reference, gated by the target's own tolerances at ``precision``, or
+    by the profile the proxy names (``ProxyOutputs.tolerance_profile``; recorded as ``tolerance_profile``).
+    """
     from sharp_export.parity.compare import compare_gaussians
-    from sharp_export.parity.tolerances import load_tolerances
+    from sharp_export.parity.tolerances import PROFILES, profile_name
 
-    results = compare_gaussians(reference, outputs.gaussians, load_tolerances(target.name, precision), space="raw")
+    profile = outputs.tolerance_profile or profile_name(target.name, precision)
+    results = compare_gaussians(reference, outputs.gaussians, dict(PROFILES[profile]), space="raw")
     keys = ("max", "p99", "mean", "tolerance", "statistic", "passed")
     metrics = {r.metric: {key: getattr(r, key) for key in keys} for r in results}
     parts = [f"{name} max {m['max']:.3g} p99 {m['p99']:.3g}" for name, m in metrics.items()]
     echo(f"    {outputs.label.split(':')[0]} vs torch: " + "; ".join(parts))
-    return {"label": outputs.label, "passed": all(r.passed for r in results), "metrics": metrics, **outputs.details}
+    passed = all(r.passed for r in results)
+    return {"label": outputs.label, "passed": passed, "tolerance_profile": profile, "metrics": metrics,
+            **outputs.details}  # fmt: skip
 
 
 def apply_proxy(summary: dict[str, Any], proxy: dict[str, Any] | None) -> dict[str, Any]:

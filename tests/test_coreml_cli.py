@@ -49,7 +49,7 @@ def test_registered_row():
     target = get_target("coreml")
     assert target.suffix == ".mlpackage" and target.extra == "coreml"
     assert target.precisions == ("fp32", "fp16") and not target.supports_dynamic_batch
-    assert {o.name for o in target.options} == {"deployment_target", "compute_units", "split"}
+    assert {o.name for o in target.options} == {"deployment_target", "compute_units", "split", "weights"}
 
 
 @pytest.mark.parametrize(
@@ -61,6 +61,7 @@ def test_registered_row():
         (["--split", "pieces"], 2, ("Invalid value for '--split'",)),
         (["--deployment-target", "iOS16"], 2, ("Invalid value for '--deployment-target'",)),
         (["--compute-units", "ane"], 2, ("Invalid value for '--compute-units'",)),
+        (["--weights", "int4"], 2, ("Invalid value for '--weights'",)),
         (["--device", "cuda"], 2, ("'cuda' is not 'cpu'",)),
     ],
 )

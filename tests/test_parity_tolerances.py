@@ -38,6 +38,9 @@ def test_every_offered_combination_is_complete_and_documented():
 
 def test_every_profile_is_used_by_a_row():
     used = {t.tolerance_profile(p) for t in all_targets() for p in t.precisions} | set(REFERENCE_PROFILES.values())
+    from sharp_export.converters.coreml.target import WEIGHT_TOLERANCE_PROFILES
+
+    used |= set(WEIGHT_TOLERANCE_PROFILES.values())  # Core ML --weights: the proxy names its profile
     # Profiles kept for precisions a target will offer (int8 for the calibration work) are listed here on purpose.
     assert set(PROFILES) - used <= {"int8"}
 

@@ -15,6 +15,9 @@ Hazards handled here (docs/architecture.md §10.5, §10.6):
   on the host, the global depth minimum reduces over axes instead of a flattened 4.7M axis).
 * Core ML cannot predict on Linux: conversion uses ``skip_model_load=True`` and the checks read the
   MIL program. Parity on Linux is a labelled torch proxy of the fp16 plan; on a Mac the runner runs it.
+* ``--weights int8|palettize4|palettize6`` (weights.py): the checked program's weights are compressed
+  (coremltools.optimize.coreml), the compressed program is checked again (constexpr ops present and
+  counted; region tags do not survive coremltools' reload, so the pinned-region check is the one before).
 """
 
 from __future__ import annotations
@@ -33,7 +36,9 @@ from sharp_export.converters.coreml.io import ct_inputs_outputs, grid_io_spec
 from sharp_export.converters.coreml.mil_checks import check_program, summarize_mil
 from sharp_export.converters.coreml.mil_overrides import fp16_op_selector, frontend_overrides
 from sharp_export.converters.coreml.split import PIECES, piece_shapes
-from sharp_export.converters.coreml.target import COMPUTE_UNIT_NAMES, DEPLOYMENT_TARGETS, SPLITS
+from sharp_export.converters.coreml.target import COMPUTE_UNIT_NAMES, DEPLOYMENT_TARGETS, SPLITS, WEIGHT_MODES
+from sharp_export.converters.coreml.weights import WeightPlan, combine_hashes, compress_mlmodel, program_report
+from sharp_export.converters.coreml.weights import weight_plan as make_weight_plan
 from sharp_export.errors import ConversionError, UserInputError
 from sharp_export.progress import echo, heartbeat, rss_gb
 
@@ -171,11 +176,35 @@ def _jobs(
     return jobs
 
 
+def compress_program(mlmodel: Any, plan: WeightPlan, io: IOSpec, precision: str) -> tuple[Any, dict[str, Any]]:
+    """Compress a converted, checked MLModel's weights; check the result again. Returns (MLModel, report)."""
+    with heartbeat(f"compress weights ({plan.mode})"):
+        try:
+            compressed, seconds = compress_mlmodel(mlmodel, plan)
+        except Exception as error:
+            first = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+            raise ConversionError(f"weight compression ({plan.mode}) failed: {type(error).__name__}: {first}",
+                                  fix="see export.log") from error  # fmt: skip
+    report = program_report(compressed._mil_program, plan)
+    summary = summarize_mil(compressed._mil_program)
+    summary.has_regions = False  # coremltools rebuilt the program from its proto: the region tags are gone
+    checks = check_program(summary, io, precision, frozenset())
+    problems = checks.pop("problems")
+    if report["compressed_tensors"] == 0:
+        problems.append(f"--weights {plan.mode} compressed no weight")
+    if problems:
+        raise ConversionError("the compressed MIL program fails its checks: " + "; ".join(problems))
+    report.update(compress_seconds=round(seconds, 2), mil_checks=checks)
+    echo(f"    compressed {report['compressed_tensors']} weights ({plan.mode}: {report['compressed_op_types']}) in "
+         f"{seconds:.1f} s, RSS {rss_gb():.1f} GB; MIL checks passed again")  # fmt: skip
+    return compressed, report
+
+
 def _convert_job(
     job: _Job, out_dir: Path, *, precision: str, deployment_target: str, compute_units: str,
-    pinned: frozenset[str], metadata: dict[str, str], description: str,
+    pinned: frozenset[str], metadata: dict[str, str], description: str, weights: WeightPlan | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """Export, convert, check, tag and save one package; returns its details."""
+    """Export, convert, check, (compress, check,) tag and save one package; returns its details."""
     start = time.perf_counter()
     with heartbeat(f"torch.export {job.name}"):
         program, graph_info = export_module(job.module, job.examples, job.default_region)
@@ -188,6 +217,12 @@ def _convert_job(
     # The exported program holds its own graph and weight references; drop it before writing the package.
     del program
     gc.collect()
+    compression = None
+    if weights is not None:
+        compressed, compression = compress_program(mlmodel, weights, job.io, precision)
+        del mlmodel
+        gc.collect()
+        mlmodel = compressed
     set_metadata(mlmodel, job.io, metadata, description)
     file = f"{job.name}.mlpackage"
     start = time.perf_counter()
@@ -196,17 +231,20 @@ def _convert_job(
     save_s = time.perf_counter() - start
     del mlmodel
     gc.collect()
-    weights = package_weight_bytes(out_dir / file)
-    echo(f"    saved {file} ({weights / 1e9:.2f} GB of weights) in {save_s:.1f} s, RSS {rss_gb():.1f} GB")
-    return {
+    weights_bytes = package_weight_bytes(out_dir / file)
+    echo(f"    saved {file} ({weights_bytes / 1e9:.3f} GB of weights) in {save_s:.1f} s, RSS {rss_gb():.1f} GB")
+    details = {
         "file": file,
         "io": job.io.to_dict(),
         "graph": graph_info,
         "mil_checks": {k: v for k, v in report.items() if k != "problems"},
         "export_seconds": round(export_s, 2),
         "save_seconds": round(save_s, 2),
-        "weights_bytes": weights,
+        "weights_bytes": weights_bytes,
     }
+    if compression is not None:
+        details["weight_compression"] = compression
+    return details
 
 
 def convert_model(
@@ -220,8 +258,12 @@ def convert_model(
     compute_units: str = "all",
     split: str = "none",
     metadata: dict[str, str] | None = None,
+    weights: str = "none",
 ) -> CoreMLExport:
-    """Convert the predictor into ``out_dir``: model.mlpackage, or one package per piece. ConversionError on failure."""
+    """Convert the predictor into ``out_dir``: model.mlpackage, or one package per piece. ConversionError on failure.
+
+    ``weights``: none | int8 | palettize4 | palettize6 weight compression (weights.py), on every package.
+    """
     import coremltools as ct
 
     if split not in SPLITS:
@@ -232,6 +274,9 @@ def convert_model(
         )
     if compute_units not in COMPUTE_UNIT_NAMES:
         raise UserInputError(f"unknown compute units '{compute_units}'", fix=f"use {'|'.join(COMPUTE_UNIT_NAMES)}")
+    if weights not in WEIGHT_MODES:
+        raise UserInputError(f"unknown weights mode '{weights}'", fix=f"use --weights {'|'.join(WEIGHT_MODES)}")
+    compression = make_weight_plan(weights)
     pinned = DEFAULT_PINNED if precision == "fp16" else frozenset()
     resolution = int(image.shape[-1])
     plan = "fp32 everywhere" if precision == "fp32" else "fp16 except " + ", ".join(sorted(pinned)) + " (fp32)"
@@ -239,6 +284,7 @@ def convert_model(
         "sharp_export.precision_plan": plan,
         "sharp_export.compute_units": compute_units,
         "sharp_export.deployment_target": deployment_target,
+        "sharp_export.weights": weights,
         "sharp_export.outputs": "rank-4 grids [1, C*2, h, w]; flatten on the host: n = layer*h*w + row*w + col",
     }
     pieces = []
@@ -252,7 +298,8 @@ def convert_model(
         meta = {**(metadata or {}), **info, "sharp_export.split": split, "sharp_export.piece": job.name}
         pieces.append(
             _convert_job(job, Path(out_dir), precision=precision, deployment_target=deployment_target,
-                         compute_units=compute_units, pinned=pinned, metadata=meta, description=description)
+                         compute_units=compute_units, pinned=pinned, metadata=meta, description=description,
+                         weights=compression)
         )  # fmt: skip
     largest = max(p["weights_bytes"] for p in pieces)
     ios = deployment_target.startswith("iOS")
@@ -270,12 +317,37 @@ def convert_model(
         "ios_weight_limit_exceeded": bool(ios and largest > IOS_WEIGHT_LIMIT_BYTES),
         "host_postprocess": "flatten grids [1, C*2, h, w] -> [1, N, C] (coreml_runner.grids_to_gaussians)",
         "files": files,
+        "weights": _weights_summary(compression, pieces),
     }
     if split == "none":
         details.update({k: v for k, v in pieces[0].items() if k not in ("file", "io")})
     else:
         details["pieces"] = pieces
     return CoreMLExport(files, grid_io_spec(resolution), details)
+
+
+def _weights_summary(plan: WeightPlan | None, pieces: list[dict[str, Any]]) -> dict[str, Any]:
+    """manifest["conversion"]["weights"]: mode, config, compressed tensors and weight bytes of every package."""
+    sizes = {p["file"]: p["weights_bytes"] for p in pieces}
+    if plan is None:
+        return {"mode": "none", "weights_bytes": sizes}
+    reports = [p["weight_compression"] for p in pieces]
+    hashes = [h for r in reports for h in r.pop("tensor_hashes")]  # only the digest goes to the manifest
+    kinds: dict[str, int] = {}
+    for report in reports:
+        for kind, count in report["compressed_op_types"].items():
+            kinds[kind] = kinds.get(kind, 0) + count
+    return {
+        **plan.to_dict(),
+        "compressed_tensors": sum(r["compressed_tensors"] for r in reports),
+        "compressed_tensors_per_package": {p["file"]: p["weight_compression"]["compressed_tensors"] for p in pieces},
+        "compressed_op_types": kinds,
+        "compressed_elements": sum(r["compressed_elements"] for r in reports),
+        # Digest of every compressed weight as the package expands it; the torch proxy reports the same digest
+        # when it ran with exactly these values (weights.tensor_hash).
+        "digest": combine_hashes(hashes),
+        "weights_bytes": sizes,
+    }
 
 
 def convert_coreml(
@@ -285,6 +357,7 @@ def convert_coreml(
     deployment_target: str = "iOS17",
     compute_units: str = "all",
     split: str = "none",
+    weights: str = "none",
 ) -> CoreMLExport:
     """Library entry point without the artifact pipeline: write the package(s) into ``out_dir``."""
     from sharp_export import __version__
@@ -307,5 +380,5 @@ def convert_coreml(
     out.mkdir(parents=True, exist_ok=True)
     return convert_model(
         model, example.image, example.disparity_factor, out, precision=precision, deployment_target=deployment_target,
-        compute_units=compute_units, split=split, metadata=metadata,
+        compute_units=compute_units, split=split, metadata=metadata, weights=weights,
     )  # fmt: skip

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -157,6 +157,7 @@ def fp16_proxy_outputs(
     image: torch.Tensor,  # [B, 3, R, R] fp32 in [0, 1]
     disparity_factor: torch.Tensor,  # [B] fp32
     pinned: Iterable[str] = DEFAULT_PINNED,
+    prepare: Callable[[nn.Module], None] | None = None,
 ) -> Gaussians3D:
     """PROXY for Core ML --fp16 accuracy: the torch reference run with the converter's precision plan.
 
@@ -165,6 +166,8 @@ def fp16_proxy_outputs(
     inputs, as the Core ML program does. It is a proxy, not Core ML: reductions, transcendental functions
     and op fusion may round differently on device. Real numbers come from `sharp-export parity ARTIFACT
     --golden ...` on a Mac.
+
+    ``prepare`` is called on the fp16 copy before its forward (weights.py uses it to compress the weights).
     """
     pinned = frozenset(pinned)
     unknown = pinned - set(REGIONS)
@@ -172,6 +175,8 @@ def fp16_proxy_outputs(
         raise ValueError(f"unknown regions {sorted(unknown)}; choose from {REGIONS}")
     mode = Fp16Rounding()
     simulated = fp16_copy(model, pinned, mode)
+    if prepare is not None:
+        prepare(simulated)
     with torch.no_grad(), mode:
         plan = Fp16Plan(mode, fp16_tail=REGION_TAIL not in pinned)
         grids = simulated.forward_grids(image.float(), disparity_factor.float(), plan)

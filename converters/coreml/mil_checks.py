@@ -3,6 +3,10 @@
 They run on an op summary that comes from the in-memory MIL program (with the region tag of every op,
 see capture.py) or from a saved package's spec (no tags): no ``inverse``, fp32 outputs, pinned regions
 fp32 in fp16 mode, no tensor above rank 4 or a dimension above 16384, I/O equal to the manifest.
+
+Compressed weights (``--weights``, weights.py): a ``constexpr_*`` op expands a weight when the model loads,
+so it is counted as a weight, not as a compute op, and the constants that only feed it (LUT, indices,
+scales: the iOS18 LUT is rank 6 by definition) are compression data, exempt from the rank check.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ class OpInfo:
     op_type: str
     outputs: tuple[TensorInfo, ...]
     region: str | None = None  # only from an in-memory program
+    compression_data: bool = False  # a const read only by constexpr_* ops (LUT, indices, scale)
 
 
 @dataclass
@@ -49,13 +54,25 @@ class ProgramSummary:
         return dict(Counter(op.op_type for op in self.ops).most_common())
 
     def dtype_counts(self) -> dict[str, int]:
-        """Compute ops by the dtype of their first float output (consts and casts excluded)."""
+        """Compute ops by the dtype of their first float output (consts, constexpr weights and casts excluded)."""
         counts: Counter = Counter()
         for op in self.ops:
             floats = [t.dtype for t in op.outputs if t.dtype in ("fp16", "fp32")]
-            if op.op_type not in ("const", "cast") and floats:
+            if not is_weight_op(op.op_type) and op.op_type != "cast" and floats:
                 counts[floats[0]] += 1
         return dict(counts)
+
+    def compressed_weight_ops(self) -> dict[str, int]:
+        """constexpr_* ops (compressed weights) by type."""
+        return dict(Counter(op.op_type for op in self.ops if op.op_type.startswith(CONSTEXPR_PREFIX)).most_common())
+
+
+CONSTEXPR_PREFIX = "constexpr_"
+
+
+def is_weight_op(op_type: str) -> bool:
+    """A const, or a constexpr_* op that expands a compressed weight at load time."""
+    return op_type == "const" or op_type.startswith(CONSTEXPR_PREFIX)
 
 
 def summarize_mil(program: Any) -> ProgramSummary:
@@ -72,8 +89,10 @@ def summarize_mil(program: Any) -> ProgramSummary:
 
     def walk(block: Any) -> None:
         for op in block.operations:
+            readers = [child.op_type for v in op.outputs for child in v.child_ops]
+            data = op.op_type == "const" and bool(readers) and all(t.startswith(CONSTEXPR_PREFIX) for t in readers)
             ops.append(OpInfo(op.outputs[0].name if op.outputs else op.name, op.op_type,
-                              tuple(tensor(v) for v in op.outputs), op_region(op)))  # fmt: skip
+                              tuple(tensor(v) for v in op.outputs), op_region(op), data))  # fmt: skip
             for inner in op.blocks:
                 walk(inner)
 
@@ -101,6 +120,7 @@ def summarize_spec(spec: Any) -> ProgramSummary:
             for inner in op.blocks:
                 walk(inner)
 
+    # A saved spec inlines a constexpr op's LUT / indices / scales into the op: no compression-data consts.
     walk(block)
     by_name = {o.name: o for op in ops for o in op.outputs}
     inputs = tuple(tensor(i) for i in function.inputs)
@@ -116,13 +136,14 @@ def find_inverse_ops(summary: ProgramSummary) -> list[str]:
 
 
 def find_high_rank(summary: ProgramSummary, max_rank: int = MAX_RANK) -> list[str]:
-    """'name (type): shape' of every op output above ``max_rank`` (consts included)."""
-    return [f"{op.name} ({op.op_type}): {t.shape}" for op in summary.ops for t in op.outputs if len(t.shape) > max_rank]
+    """'name (type): shape' of every op output above ``max_rank`` (consts included, compression data not)."""
+    return [f"{op.name} ({op.op_type}): {t.shape}" for op in summary.ops if not op.compression_data
+            for t in op.outputs if len(t.shape) > max_rank]  # fmt: skip
 
 
 def find_large_dimensions(summary: ProgramSummary, limit: int = MAX_DIMENSION) -> list[str]:
-    """Tensors with a dimension above ``limit`` (consts excluded: weights are not activations)."""
-    return [f"{op.name} ({op.op_type}): {t.shape}" for op in summary.ops if op.op_type != "const"
+    """Tensors with a dimension above ``limit`` (consts and constexpr weights excluded: not activations)."""
+    return [f"{op.name} ({op.op_type}): {t.shape}" for op in summary.ops if not is_weight_op(op.op_type)
             for t in op.outputs if any(isinstance(d, int) and d > limit for d in t.shape)]  # fmt: skip
 
 
@@ -132,7 +153,7 @@ def find_precision_leaks(summary: ProgramSummary, pinned: Iterable[str]) -> list
     leaks = []
     for op in summary.ops:
         must_be_fp32 = op.op_type in SENSITIVE_OP_TYPES or (op.region is not None and op.region in pinned)
-        if must_be_fp32 and op.op_type not in ("const", "cast"):
+        if must_be_fp32 and not is_weight_op(op.op_type) and op.op_type != "cast":
             leaks += [f"{op.name} ({op.op_type}, region {op.region})" for t in op.outputs if t.dtype == "fp16"]
     return leaks
 
@@ -177,7 +198,8 @@ def check_program(
         problems.append(f"{len(large)} tensors with a dimension above {MAX_DIMENSION}: {large[:5]}")
     problems += io_mismatches(summary, io)
     dtypes = summary.dtype_counts()
-    pinned_fp32 = sum(1 for op in summary.ops if op.region in pinned and op.op_type not in ("const", "cast"))
+    pinned_fp32 = sum(1 for op in summary.ops if op.region in pinned and not is_weight_op(op.op_type)
+                      and op.op_type != "cast")  # fmt: skip
     if precision == "fp16":
         if leaks := find_precision_leaks(summary, pinned):
             problems.append(f"{len(leaks)} pinned ops compute in fp16: {leaks[:5]}")
@@ -192,5 +214,6 @@ def check_program(
         "op_counts": summary.op_counts(),
         "compute_dtypes": dtypes,
         "pinned_fp32_ops": pinned_fp32 if summary.has_regions else None,
-        "max_rank": max((len(t.shape) for op in summary.ops for t in op.outputs), default=0),
+        "max_rank": max((len(t.shape) for op in summary.ops if not op.compression_data for t in op.outputs), default=0),
+        "compressed_weight_ops": summary.compressed_weight_ops(),
     }

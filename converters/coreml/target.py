@@ -3,7 +3,8 @@
 This module is what the registry imports: it holds the row and thin functions that import the toolchain
 (coremltools, torch) only when called, so `sharp-export --help` stays instant. The work is in the files
 beside it: capture.py (torch.export + region tags), mil_overrides.py / mil_checks.py (coremltools side),
-convert.py (one package or the component split of split.py), fp16_proxy.py (the fp16 plan in torch), io.py.
+convert.py (one package or the component split of split.py), fp16_proxy.py (the fp16 plan in torch), io.py,
+weights.py (--weights compression of the package and the same compression of the torch weights for the proxy).
 """
 
 from __future__ import annotations
@@ -30,6 +31,13 @@ SPLITS = ("none", "components")
 # Core ML compute units (the runner maps them to ct.ComputeUnit); kept here so the row imports no toolchain.
 COMPUTE_UNIT_NAMES = ("all", "cpu_and_ne", "cpu_and_gpu", "cpu_only")
 REFERENCE_FILE = "reference_outputs.npz"
+# --weights: none | int8 (linear symmetric per channel) | palettize4 / palettize6 (k-means LUT per tensor).
+WEIGHT_MODES = ("none", "int8", "palettize4", "palettize6")
+# Parity tolerance rows of a weight-compressed package (sharp_export/parity/tolerances.py), for fp32 and fp16
+# alike: the compression error dominates the fp16 rounding. The proxy names its profile (ProxyOutputs).
+WEIGHT_TOLERANCE_PROFILES = {"int8": "coreml-w8", "palettize6": "coreml-pal6", "palettize4": "coreml-pal4"}
+# Written into a compressed artifact: the rows above as a `parity --tolerances` file for the check on a Mac.
+TOLERANCES_FILE = "tolerances.json"
 
 
 def check_environment() -> str | None:
@@ -49,22 +57,43 @@ def validate(request: ExportRequest) -> None:
 
 
 def proxy(model: torch.nn.Module, example: ExampleInputs, request: ExportRequest) -> ProxyOutputs | None:
-    """fp16: the predictor run in torch with the converter's fp16 plan (Core ML cannot predict off macOS)."""
-    if request.precision != "fp16":
+    """fp16 and/or --weights: the predictor run in torch as the package computes (Core ML cannot predict off
+    macOS): the converter's fp16 plan, with the package's expanded weights when they are compressed.
+    """
+    weights = request.options.get("weights", "none")
+    if request.precision != "fp16" and weights == "none":
         return None  # fp32 Core ML is checked on a Mac only; there is no plan to simulate
     from sharp_export.converters.coreml.capture import DEFAULT_PINNED
     from sharp_export.converters.coreml.fp16_proxy import PROXY_LABEL, fp16_proxy_outputs
 
-    gaussians = fp16_proxy_outputs(model, example.image, example.disparity_factor, DEFAULT_PINNED)
-    details: dict[str, Any] = {"pinned_fp32": sorted(DEFAULT_PINNED)}
-    if request.options.get("split") == "components":
+    details: dict[str, Any] = {"pinned_fp32": sorted(DEFAULT_PINNED) if request.precision == "fp16" else []}
+    label, profile = PROXY_LABEL, None
+    if weights == "none":
+        gaussians = fp16_proxy_outputs(model, example.image, example.disparity_factor, DEFAULT_PINNED)
+    else:
+        from sharp_export.converters.coreml.weights import WEIGHTS_PROXY_LABEL, weight_plan, weights_proxy_outputs
+
+        plan = weight_plan(weights)
+        assert plan is not None
+        gaussians, report = weights_proxy_outputs(
+            model, example.image, example.disparity_factor, plan, request.precision
+        )
+        details["weights"] = {**plan.to_dict(), **report}
+        label, profile = (
+            WEIGHTS_PROXY_LABEL.format(mode=weights, precision=request.precision),
+            WEIGHT_TOLERANCE_PROFILES[weights],
+        )
+        echo(f"    {weights} weights in torch: {report['compressed_tensors']} tensors compressed as the package's "
+             f"({report['seconds']:.1f} s)")  # fmt: skip
+    if request.options.get("split") == "components" and request.precision == "fp16":
+        # fp16 per piece (fp16 activations between the pieces), with the uncompressed weights.
         from sharp_export.converters.coreml.split import piece_proxy_errors
 
         details["pieces"] = piece_proxy_errors(model, example.image, example.disparity_factor)
         for name, line in details["pieces"].items():
             worst = max(line.items(), key=lambda item: item[1])
             echo(f"    fp16 PROXY piece {name}: worst relative error {worst[1]:.3g} ({worst[0]})")
-    return ProxyOutputs(PROXY_LABEL, gaussians, details)
+    return ProxyOutputs(label, gaussians, details, tolerance_profile=profile)
 
 
 def convert(ctx: ConvertContext) -> ConvertResult:
@@ -81,8 +110,23 @@ def convert(ctx: ConvertContext) -> ConvertResult:
         compute_units=options.get("compute_units", "all"),
         split=options.get("split", "none"),
         metadata=ctx.metadata,
+        weights=options.get("weights", "none"),
     )
+    profile = WEIGHT_TOLERANCE_PROFILES.get(options.get("weights", "none"))
+    if profile is not None:
+        _write_tolerance_file(Path(ctx.workdir) / TOLERANCES_FILE, profile)
+        result.details["weights"]["tolerances_file"] = TOLERANCES_FILE
     return ConvertResult(main_file=result.files[0], details=result.details, io=result.io)
+
+
+def _write_tolerance_file(path: Path, profile: str) -> None:
+    """A `parity --tolerances` file holding every row of ``profile`` (value and statistic)."""
+    import json
+
+    from sharp_export.parity.tolerances import PROFILES
+
+    rows = {metric: {"value": t.value, "statistic": t.statistic} for metric, t in PROFILES[profile].items()}
+    path.write_text(json.dumps(rows, indent=2) + "\n")
 
 
 def parity_hook(
@@ -105,9 +149,13 @@ def parity_hook(
     np.savez(Path(artifact_dir) / REFERENCE_FILE, **arrays)
     if sys.platform == "darwin":
         return None
+    check = "sharp-export parity ARTIFACT --golden ..."
+    options = manifest.options if manifest is not None else {}
+    if options.get("weights", "none") != "none":
+        check += f" --tolerances ARTIFACT/{TOLERANCES_FILE}"
     return {
         "status": "deferred",
-        "reason": "Core ML predicts only on macOS: run `sharp-export parity ARTIFACT --golden ...` on a Mac",
+        "reason": f"Core ML predicts only on macOS: run `{check}` on a Mac",
         "reference": REFERENCE_FILE,
     }
 
@@ -143,6 +191,13 @@ COREML_TARGET = register_target(
                 "none",
                 "components: three packages (patch ViT | monodepth | Gaussians), each < 1 GB",
                 choices=SPLITS,
+            ),
+            TargetOption(
+                "weights",
+                str,
+                "none",
+                "weight compression: int8 (linear, per channel) or palettize4|palettize6 (k-means LUT)",
+                choices=WEIGHT_MODES,
             ),
         ),
         check_environment=check_environment,

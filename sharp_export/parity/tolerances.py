@@ -70,6 +70,7 @@ _PROV = "not measured: provisional"
 _OV_BF16 = "measured OpenVINO bf16 vs torch fp32, tiny golden perturbed, 2 real photos (docs/architecture.md §9.2)"
 _VIEW32 = f"{_PROV}; fp32 renders should sit far inside (ml-ane-transformers gates torch parity at 60 dB)"
 
+_CW = "measured Core ML --weights torch proxy vs fp32, tiny golden perturbed (bench_coreml_weights.py --proxy)"
 T = Tolerance
 _SAME = (
     "measured same machine: 0 (torch.export bit-identical to eager, docs/architecture.md §10.1); "
@@ -171,6 +172,26 @@ PROFILES: dict[str, dict[str, Tolerance]] = {
         T(30.0, "max", _PROV),
         T(0.95, "max", _PROV),
         T(0.1, "max", _PROV),
+    ),
+    # Core ML --weights (converters/coreml/weights.py), fp32 and fp16 alike: the torch proxy with the package's
+    # expanded weights, tiny golden perturbed, golden pattern; worst of fp32 / fp16 p99 (max), margin ~3x.
+    "coreml-w8": _rows(
+        T(2e-2, "p99", f"{_CW}: p99 7.3e-3 (max 1.9e-2)"), T(3e-2, "p99", f"{_CW}: p99 1.2e-2 (max 2.0e-2)"),
+        T(2.0, "p99", f"{_CW}: p99 0.67 deg (max 1.1)"), T(6e-2, "p99", f"{_PROV}; ~2x scales_log"),
+        T(1e-3, "p99", f"{_CW}: p99 2.2e-4 (max 5.5e-4)"), T(5e-3, "p99", f"{_CW}: p99 1.7e-3 (max 2.9e-3)"),
+        T(30.0, "max", _PROV), T(0.95, "max", _PROV), T(0.1, "max", _PROV),
+    ),
+    "coreml-pal6": _rows(
+        T(2e-2, "p99", f"{_CW}: p99 6.5e-3 (max 4.4e-2)"), T(0.15, "p99", f"{_CW}: p99 5.2e-2 (max 8.1e-2)"),
+        T(8.0, "p99", f"{_CW}: p99 2.8 deg (max 4.8)"), T(0.3, "p99", f"{_PROV}; ~2x scales_log"),
+        T(2.5e-3, "p99", f"{_CW}: p99 7.3e-4 (max 1.6e-3)"), T(1.5e-2, "p99", f"{_CW}: p99 5.9e-3 (max 8.8e-3)"),
+        T(28.0, "max", _PROV), T(0.93, "max", _PROV), T(0.12, "max", _PROV),
+    ),
+    "coreml-pal4": _rows(
+        T(0.1, "p99", f"{_CW}: p99 3.8e-2 (max 0.25)"), T(0.4, "p99", f"{_CW}: p99 0.14 (max 0.35)"),
+        T(30.0, "p99", f"{_CW}: p99 10.1 deg (max 15.7)"), T(0.8, "p99", f"{_PROV}; ~2x scales_log"),
+        T(1e-2, "p99", f"{_CW}: p99 2.9e-3 (max 5.1e-3)"), T(6e-2, "p99", f"{_CW}: p99 2.0e-2 (max 3.0e-2)"),
+        T(22.0, "max", _PROV), T(0.85, "max", _PROV), T(0.2, "max", _PROV),
     ),
 }
 # fmt: on
