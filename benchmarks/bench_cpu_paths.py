@@ -121,7 +121,7 @@ def main() -> None:
             results[name]["vs_eager_fp32"] = compare(reference, work / f"{name}.npz")
     if "eager_fp32" in results:
         base = results["eager_fp32"]["forward_s"][-1]
-        for name, row in results.items():
+        for row in results.values():
             if "forward_s" in row:
                 row["speed_vs_eager_fp32"] = round(base / min(row["forward_s"]), 3)
     ir_bytes = sum(p.stat().st_size for p in work.glob("sharp.*")) if ir.is_file() else None

@@ -11,6 +11,9 @@ Hazards handled here (docs/architecture.md §10.1, §10.2):
   ``Dim("batch")`` on both inputs; a specialisation error is reported with torch's guard text.
 * No silent fallback: if the dynamo exporter fails, the export fails (the legacy TorchScript exporter
   writes a different graph with 390 loose weight files and is deprecated).
+* Reduced precision (``converters/onnx_quantize.py``): ``--precision fp16`` rewrites the fp32 graph to fp16
+  weights and compute with the tail kept fp32; ``--precision int8`` is static QDQ quantization calibrated on
+  real photos (``--calib-data DIR`` or ``--calib-data samples``, ``--calib-size N``). I/O stays fp32.
 """
 
 from __future__ import annotations
@@ -35,6 +38,14 @@ INPUT_NAMES = ("image", "disparity_factor")
 EXTERNAL_DATA_ABOVE_BYTES = 1 << 30  # "auto": external weights from 1 GB on (the full preset: 2.6 GB)
 # Shared with the tensorrt target, which writes the same ONNX before building its engine.
 OPSET_OPTION = TargetOption("opset", int, DEFAULT_OPSET, "ONNX opset; the declared opset is verified after export")
+FP32_SCRATCH = ".fp32"  # the fp32 export a reduced-precision artifact starts from (removed after conversion)
+CALIB_SIZE_OPTION = TargetOption(
+    "calib_size",
+    int,
+    None,
+    "number of --calib-data images int8 calibrates on, evenly spaced over the sorted files "
+    "(default: 8, or all when fewer)",
+)
 
 
 def check_environment() -> str | None:
@@ -60,8 +71,27 @@ def validate_opset(request: ExportRequest) -> None:
         )
 
 
+def validate_calibration(request: ExportRequest) -> None:
+    """--calib-data / --calib-size only with int8; the calibration folder is listed (not decoded) before work."""
+    calib_size = request.options.get("calib_size")
+    if request.precision != "int8":
+        for given, flag in ((request.calib_data is not None, "--calib-data"), (calib_size is not None, "--calib-size")):
+            if given:
+                raise UserInputError(
+                    f"{flag} applies to --precision int8 only (this export is {request.precision})",
+                    fix=f"drop {flag}, or pass --precision int8",
+                )
+        return
+    if request.calib_data is None:
+        return  # validate_request already refused int8 without calibration data
+    from sharp_export.calibration.dataset import select_images
+
+    select_images(request.calib_data, calib_size)
+
+
 def validate(request: ExportRequest) -> None:
     validate_opset(request)
+    validate_calibration(request)
     if request.device == "cuda" and importlib.util.find_spec("onnxruntime") is not None:
         import onnxruntime
 
@@ -78,20 +108,41 @@ def validate(request: ExportRequest) -> None:
 
 
 def convert(ctx: ConvertContext) -> ConvertResult:
+    import shutil
+
     from sharp_export.converters.onnx_export import export_onnx, use_external_data
 
     options = ctx.request.options
+    precision = ctx.request.precision
     external = use_external_data(options.get("external_data", "auto"), ctx.model)
+    calibration = None
+    if precision == "int8":
+        # Decode the photos first: a bad image fails in seconds, not after the export.
+        from sharp_export.calibration.dataset import load_calibration_set
+
+        assert ctx.request.calib_data is not None  # validate_request
+        calibration = load_calibration_set(
+            ctx.request.calib_data, int(ctx.example.image.shape[-1]), options.get("calib_size")
+        )
+    fp32_dir = ctx.workdir if precision == "fp32" else ctx.workdir / FP32_SCRATCH
+    fp32_dir.mkdir(exist_ok=True)
     details = export_onnx(
         ctx.model,
         ctx.example,
         ctx.io,
-        ctx.workdir,
+        fp32_dir,
         opset=int(options.get("opset", DEFAULT_OPSET)),
         dynamic_batch=ctx.request.dynamic_batch,
         external_data=external,
         metadata=ctx.metadata,
     )
+    if precision != "fp32":
+        from sharp_export.converters.onnx_quantize import reduce_precision
+
+        details.update(
+            reduce_precision(precision, fp32_dir, ctx.workdir, ctx.io, external_data=external, calibration=calibration)
+        )
+        shutil.rmtree(fp32_dir)
     return ConvertResult(main_file=MODEL_FILE, details=details)
 
 
@@ -107,8 +158,10 @@ ONNX_TARGET = register_target(
         suffix=".onnx",
         extra="onnx",
         description="ONNX (dynamo exporter) for ONNX Runtime on CPU or CUDA",
-        precisions=("fp32",),
+        precisions=("fp32", "fp16", "int8"),
         supports_dynamic_batch=True,
+        supports_calibration=True,
+        tolerance_profiles={"fp16": "fp16-onnx", "int8": "int8-onnx"},
         devices=("cpu", "cuda"),
         options=(
             OPSET_OPTION,
@@ -119,6 +172,7 @@ ONNX_TARGET = register_target(
                 "weights in model.onnx.data: auto = from 1 GB of weights on (always for the full preset)",
                 choices=("auto", "always", "never"),
             ),
+            CALIB_SIZE_OPTION,
         ),
         check_environment=check_environment,
         convert=convert,

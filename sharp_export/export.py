@@ -69,11 +69,16 @@ def validate_request(target: Target, request: ExportRequest) -> None:
         raise UserInputError(f"target '{name}' takes no calibration data", fix="drop --calib-data")
     if request.precision == "int8" and request.calib_data is None:
         raise UserInputError(
-            "int8 needs calibration images; there is no default or random fallback",
-            fix="pass --calib-data DIR with representative photos",
+            "int8 needs calibration images; there is no random fallback",
+            fix="pass --calib-data DIR with photos like those you will run, or --calib-data samples for the "
+            "bundled scikit-image sample photos",
         )
-    if request.calib_data is not None and not Path(request.calib_data).exists():
-        raise UserInputError("calibration data not found", path=request.calib_data)
+    from sharp_export.calibration.dataset import is_samples
+
+    if request.calib_data is not None and not is_samples(request.calib_data) and not Path(request.calib_data).exists():
+        raise UserInputError(
+            "calibration data not found", path=request.calib_data, fix="pass a folder of photos, or 'samples'"
+        )
     if request.device not in target.devices:
         raise UserInputError(
             f"target '{name}' runs on {', '.join(target.devices)}, not '{request.device}'",

@@ -133,8 +133,7 @@ def test_invalid_combinations_fail_before_work(tmp_path, no_work, args, fragment
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
-        (["--precision", "fp16"], "'fp16' is not 'fp32'"),  # the row offers only what it can build
-        (["--calib-data", "."], "No such option '--calib-data'"),
+        (["--precision", "bf16"], "'bf16' is not one of 'fp32', 'fp16', 'int8'"),  # only what the row can build
         (["--device", "mps"], "'mps' is not one of 'cpu', 'cuda'"),
     ],
 )
@@ -181,7 +180,7 @@ def test_capabilities_are_enforced_for_any_target(tmp_path, no_work, limited_tar
     with pytest.raises(UserInputError, match="cannot export precision 'fp16'"):
         validate_request(limited_target, ExportRequest("limited", tmp_path / "b", seed=0, precision="fp16"))
     result = invoke("limited", base + ["--precision", "int8"])
-    assert_one_line_error(result, 1, "int8 needs calibration images", "--calib-data")
+    assert_one_line_error(result, 1, "int8 needs calibration images", "--calib-data samples")
     result = invoke("limited", base + ["--precision", "int8", "--calib-data", str(tmp_path / "none")])
     assert_one_line_error(result, 1, "calibration data not found")
 
@@ -195,10 +194,12 @@ def test_help_lists_every_target_with_its_status():
     assert "[tensorrt not importable: pip install 'sharp-export[tensorrt]'" in lines["tensorrt"]
     result = CliRunner().invoke(group, ["onnx", "--help"], terminal_width=300)
     assert "--opset INTEGER" in result.output and "--external-data [auto|always|never]" in result.output
-    assert "--precision [fp32]" in result.output and "--calib-data" not in result.output
+    assert "--precision [fp32|fp16|int8]" in result.output and "--calib-data" in result.output
+    assert "--calib-size INTEGER" in result.output
     assert "--device [cpu|cuda]" in result.output and "--dynamic-batch" in result.output
     coreml = CliRunner().invoke(group, ["coreml", "--help"], terminal_width=300).output
     assert "--precision [fp32|fp16]" in coreml and "--fp16" in coreml and "--dynamic-batch" not in coreml
+    assert "--calib-data" not in coreml  # no calibration: the flag is not offered
 
 
 def test_env_command_prints_the_report():

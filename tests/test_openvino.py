@@ -14,6 +14,7 @@ from sharp_export.parity.compare import compare_gaussians  # noqa: E402
 from sharp_export.runtime.base import open_runner  # noqa: E402
 from sharp_export.targets import get_target  # noqa: E402
 
+
 @pytest.fixture(scope="module", params=["fp32", "bf16"])
 def exported(request, tmp_path_factory, golden_dir):
     out = tmp_path_factory.mktemp("openvino") / request.param

@@ -68,7 +68,8 @@ def test_anchor_values_come_from_the_measurements():
 
 
 def test_unknown_target_or_precision():
-    assert supported("coreml", "fp16") and not supported("coreml", "bf16") and not supported("onnx", "int8")
+    assert supported("coreml", "fp16") and not supported("coreml", "bf16") and not supported("onnx", "bf16")
+    assert supported("onnx", "int8") and supported("onnx", "fp16")
     with pytest.raises(UserInputError, match="unknown target 'tflite'"):
         load_tolerances("tflite", "fp32")
     with pytest.raises(UserInputError, match="coreml supports fp32, fp16"):

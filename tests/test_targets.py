@@ -33,8 +33,10 @@ def test_builtin_targets_are_registered_in_order():
     assert "tensorrt" in names
     onnx = get_target("onnx")
     assert onnx.suffix == ".onnx" and onnx.extra == "onnx"
-    assert onnx.supports_dynamic_batch and onnx.precisions == ("fp32",)
-    assert [o.name for o in onnx.options] == ["opset", "external_data"]
+    assert onnx.supports_dynamic_batch and onnx.precisions == ("fp32", "fp16", "int8")
+    assert onnx.supports_calibration
+    assert onnx.tolerance_profile("fp16") == "fp16-onnx" and onnx.tolerance_profile("int8") == "int8-onnx"
+    assert [o.name for o in onnx.options] == ["opset", "external_data", "calib_size"]
     assert onnx.option("opset").default == 18 and onnx.option("opset").flag == "--opset"
 
 

@@ -145,7 +145,8 @@ def make_target_command(target: Target) -> click.Command:
                     "--calib-data",
                     type=click.Path(path_type=Path),
                     default=None,
-                    help="Calibration images for reduced precision.",
+                    help="Calibration photos for int8: a folder (searched recursively), or 'samples' for the "
+                    "bundled scikit-image photos.",
                 )
             ]
             if target.supports_calibration

@@ -1,0 +1,201 @@
+"""ONNX --precision fp16 and int8 on the tiny preset (golden perturbed weights): graphs, manifests and parity.
+
+Two exports (module fixtures, ~20 s each on 2 cores) feed every test. Bounds are about 3x the worst cases
+measured on this machine (benchmarks/results/onnx_precision_tiny.json, onnx_precision_study_tiny.json).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from sharp_export.artifact import read_manifest
+from sharp_export.commands.export import make_target_command
+from sharp_export.converters.onnx_quantize import REGION_TAIL, node_regions
+from sharp_export.parity.harness import check_artifact
+from sharp_export.parity.lpips import load_lpips
+from sharp_export.parity.tolerances import load_tolerances
+from sharp_export.runtime.base import open_runner
+from sharp_export.samples import sample_image_path
+from sharp_export.targets import get_target
+
+FLOAT, HALF = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
+
+
+def invoke(args: list[str]):
+    return CliRunner().invoke(make_target_command(get_target("onnx")), args)
+
+
+@pytest.fixture(scope="module")
+def weights(golden_dir):
+    return golden_dir / "weights_perturbed.safetensors"
+
+
+@pytest.fixture(scope="module")
+def fp16(tmp_path_factory, weights):
+    out = tmp_path_factory.mktemp("fp16") / "tiny-fp16"
+    result = invoke(["--preset", "tiny", "-c", str(weights), "-o", str(out), "--precision", "fp16"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def int8(tmp_path_factory, weights):
+    out = tmp_path_factory.mktemp("int8") / "tiny-int8"
+    args = ["--preset", "tiny", "-c", str(weights), "-o", str(out), "--precision", "int8", "--calib-data", "samples",
+            "--calib-size", "4", "--external-data", "always"]  # fmt: skip
+    result = invoke(args)
+    assert result.exit_code == 0, result.output
+    assert "CALIBRATION: using the 4 bundled scikit-image sample photos" in result.stderr
+    return out
+
+
+def _graph(artifact):
+    return onnx.load(str(artifact / "model.onnx"), load_external_data=False).graph
+
+
+def _parity_p99(artifact) -> dict[str, float]:
+    document = json.loads((artifact / "parity.json").read_text())
+    return {a["metric"]: a["p99"] for a in document["attributes"] if a.get("tolerance") is not None}
+
+
+def test_fp16_weights_are_fp16_and_the_tail_stays_fp32(fp16):
+    manifest = read_manifest(fp16)
+    assert manifest.precision == "fp16" and manifest.parity["status"] == "passed"
+    graph = _graph(fp16)
+    types = {v.name: v.type.tensor_type.elem_type for v in (*graph.value_info, *graph.input, *graph.output)}
+    weights = [t for t in graph.initializer if t.data_type in (FLOAT, HALF) and np.prod(t.dims) > 64]
+    assert sum(t.data_type == HALF for t in weights) > 0.9 * len(weights)
+    assert all(types[v.name] == FLOAT for v in (*graph.input, *graph.output))  # I/O stays fp32
+    regions = node_regions(graph)
+    tail = [n for n in graph.node if regions[n.name] == REGION_TAIL]
+    tail_types = {n.op_type for n in tail}
+    assert {"ReduceMin", "Reciprocal", "Softplus", "Log", "Sigmoid", "Pow", "Clip", "Div"} <= tail_types
+    for node in tail:  # every float tensor a tail node produces is float32
+        assert all(types.get(o, FLOAT) != HALF for o in node.output), node.name
+    for node in graph.node:
+        if node.op_type == "InstanceNormalization":  # the GroupNorm statistics
+            assert types[node.output[0]] == FLOAT, node.name
+        if node.op_type == "Conv":
+            assert types[node.output[0]] == HALF, node.name
+    plan = manifest.conversion["precision_plan"]
+    assert plan["kept_fp32_regions"] == ["tail", "group_norm"] and "tail kept fp32" in plan["kept_fp32_why"]
+    assert plan["kept_fp32_op_types"]["ReduceMin"] == 1 and len(plan["kept_fp32_nodes"]) == plan["nodes_fp32"]
+    assert manifest.conversion["file_bytes"]["model.onnx"] == (fp16 / "model.onnx").stat().st_size
+
+
+def test_fp16_parity_numbers(fp16):
+    # Measured worst p99 over the pattern + 5 photos: z 6.3e-4, colours 2.5e-5, opacities 2.4e-4.
+    p99 = _parity_p99(fp16)
+    assert 0 < p99["means_rel_depth"] < 2e-3 and 0 < p99["colors_abs"] < 1e-4 and p99["opacities_abs"] < 1e-3
+    assert read_manifest(fp16).conversion["size_vs_fp32"] < 0.75  # tiny: node metadata is half the file
+
+
+def test_int8_graph_has_qdq_and_none_in_the_tail(int8):
+    manifest = read_manifest(int8)
+    assert manifest.precision == "int8" and manifest.parity["status"] == "passed"
+    graph = _graph(int8)
+    ops = [n.op_type for n in graph.node]
+    assert ops.count("QuantizeLinear") > 50 and ops.count("DequantizeLinear") > 50
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    excluded = set(manifest.conversion["excluded_nodes"])
+    regions = node_regions(graph)
+    # The quantizer's own Q/DQ nodes carry no namespace and take the region of their input's producer: a Q/DQ pair
+    # on the first conv's input (the normalised image, made in the tail) is network work, so they are left out.
+    qdq = {"QuantizeLinear", "DequantizeLinear"}
+    assert {n.name for n in graph.node if regions[n.name] == REGION_TAIL and n.op_type not in qdq} <= excluded
+    for node in graph.node:
+        if node.name not in excluded:
+            continue
+        dequantized = [i for i in node.input if i in producer and producer[i].op_type == "DequantizeLinear"]
+        if regions[node.name] == REGION_TAIL:
+            # The tail computes on float values that never went through int8 rounding ...
+            assert not dequantized, node.name
+        else:
+            # ... the excluded disparity head keeps fp32 weights; its first conv reads the decoder's last conv
+            # output, which ORT's QDQ quantizer rounds to uint8 (the measured parity includes this).
+            assert all(producer.get(producer[i].input[0]) is not None for i in dequantized), node.name
+            assert all(producer[producer[i].input[0]].op_type == "QuantizeLinear" for i in dequantized), node.name
+        # ... and where a Q reads a tail value, its DQ feeds only network (quantized) nodes.
+        for q in (c for o in node.output for c in consumers.get(o, []) if c.op_type == "QuantizeLinear"):
+            for dq in consumers[q.output[0]]:
+                assert dq.op_type == "DequantizeLinear", q.name
+                assert all(c.name not in excluded for c in consumers[dq.output[0]]), dq.name
+    types = {v.name: v.type.tensor_type.elem_type for v in (*graph.input, *graph.output)}
+    assert set(types.values()) == {FLOAT}
+
+
+def test_int8_manifest_records_the_calibration(int8):
+    conversion = read_manifest(int8).conversion
+    calibration = conversion["calibration"]
+    assert calibration["source"] == "samples" and calibration["size"] == 4 and len(calibration["sha256"]) == 64
+    assert conversion["calibration_method"] == "minmax" and conversion["op_types_quantized"] == ["Conv", "MatMul"]
+    assert conversion["weights"].startswith("int8, symmetric, per output channel")
+    assert sorted(conversion["file_bytes"]) == ["model.onnx", "model.onnx.data"]
+    assert conversion["size_vs_fp32"] < 0.7
+    # Measured on the pattern (calibrated on the samples): z p99 5.6e-3, quaternion angle p99 4.3 degrees.
+    p99 = _parity_p99(int8)
+    assert 0 < p99["means_rel_depth"] < 2e-2 and 0 < p99["quat_angle_deg"] < 15
+
+
+@pytest.mark.parametrize("which", ["fp16", "int8"])
+def test_parity_on_a_real_photo_with_renders(which, request):
+    artifact = request.getfixturevalue(which)
+    lpips = load_lpips()
+    report = check_artifact(
+        artifact, tolerances=load_tolerances("onnx", which), poses=("quarter",), lpips_model=lpips,
+        image_paths=[sample_image_path("motorcycle_left")],
+    )  # fmt: skip
+    assert report.passed, [f.metric for f in report.failures]
+    psnr = next(v.value for v in report.views if v.metric == "psnr_db")
+    # Measured worst over 5 photos x 4 views: fp16 66.4 dB, int8 45.1 dB (motorcycle_left).
+    assert psnr > (60.0 if which == "fp16" else 42.0)
+
+
+def test_the_runner_opens_both_with_fp32_io(fp16, int8):
+    for artifact in (fp16, int8):
+        with open_runner(artifact) as runner:
+            image = np.full((1, 3, 384, 384), 0.5, dtype=np.float32)
+            out = runner.infer(image, np.array([1.0], dtype=np.float32))
+        assert out.mean_vectors.dtype.is_floating_point and str(out.mean_vectors.dtype) == "torch.float32"
+        assert bool(out.mean_vectors.isfinite().all())
+
+
+def _one_line(result, code: int, *fragments: str) -> None:
+    assert result.exit_code == code, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_int8_without_calibration_data_is_one_clear_line(tmp_path):
+    result = invoke(["--preset", "tiny", "--seed", "0", "-o", str(tmp_path / "a"), "--precision", "int8"])
+    _one_line(result, 1, "int8 needs calibration images", "--calib-data DIR", "--calib-data samples")
+    assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["--precision", "fp16", "--calib-size", "4"], ("--calib-size applies to --precision int8 only",)),
+        (["--calib-data", "samples"], ("--calib-data applies to --precision int8 only",)),
+        (["--precision", "int8", "--calib-data", "samples", "--calib-size", "6"],
+         ("too few calibration images", "--calib-size 5")),
+        (["--precision", "int8", "--calib-data", "nowhere"], ("calibration data not found",)),
+    ],
+)  # fmt: skip
+def test_calibration_flags_are_checked_before_work(tmp_path, monkeypatch, args, fragments):
+    from sharp_export.reference import checkpoint
+
+    monkeypatch.setattr(checkpoint, "build_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("work")))
+    result = invoke(["--preset", "tiny", "--seed", "0", "-o", str(tmp_path / "a"), *args])
+    _one_line(result, 1, *fragments)
