@@ -12,7 +12,8 @@ split as ``reference/model/predictor.py``'s ``PrecisionPlan`` and the Core ML re
 * **fp16** (:func:`convert_fp16`): an explicit cast plan written with the onnx API, no extra dependency.
   Network nodes compute in fp16 and their weights are stored in fp16; kept nodes (the tail and the GroupNorm
   statistics, ``InstanceNormalization``) stay fp32; a ``Cast`` is inserted on every edge between the two.
-  The graph inputs and outputs stay fp32, so the runner and the manifest's I/O spec do not change.
+  The graph inputs and outputs stay fp32, so the runner and the manifest's I/O spec do not change. The same plan
+  in bfloat16 (:func:`write_half`, opset raised to 22) serves the tensorrt target's ``--precision bf16``.
 * **int8** (:func:`quantize_int8`): ``onnxruntime.quantization.quantize_static`` in QDQ format, weights int8
   symmetric per output channel, activations uint8 calibrated on real photos through a
   ``CalibrationDataReader``; the tail is passed as ``nodes_to_exclude``.
@@ -45,6 +46,8 @@ REGION_GROUP_NORM = "group_norm"  # GroupNorm lowers to Reshape + InstanceNormal
 REGION_NETWORK = "network"
 _NETWORK_MODULES = ("monodepth_model", "feature_model", "prediction_head")
 FP16_MAX = 65504.0
+HALF_TYPES = {"fp16": 10, "bf16": 16}  # onnx.TensorProto.FLOAT16 / BFLOAT16 (onnx is imported lazily)
+BF16_MIN_OPSET = 22  # the first opset whose Conv, MatMul, ... accept tensor(bfloat16)
 
 # Which regions stay fp32 under --precision fp16, and why (benchmarks/study_onnx_precision_tiny.py).
 FP16_KEPT_REGIONS = (REGION_TAIL, REGION_GROUP_NORM)
@@ -67,6 +70,24 @@ INT8_EXCLUDED_NOTE = (
     "from 5.7e-3 to 3.0e-2 (tiny study, benchmarks/results/onnx_precision_study_tiny.json). The head keeps fp32 "
     "weights and compute, but its input is the decoder's last conv output, which ORT's QDQ quantizer rounds to uint8"
 )
+# TensorRT's symmetric int8 activations cost accuracy on SHARP's mostly-positive activations; the Gaussian heads
+# (the decoder's geometry / texture heads and the prediction head, 10 convs of the tiny preset's 130) then also stay
+# fp32: scales_log p99 0.128 -> 0.048, quaternion angle p99 5.9 -> 3.5 deg on the tiny golden pattern
+# (benchmarks/results/tensorrt_int8_study_tiny.json; Percentile calibration was worse: scales_log 0.23).
+TENSORRT_INT8_EXCLUDED_MODULES = INT8_EXCLUDED_MODULES + (
+    "feature_model.geometry_head",
+    "feature_model.texture_head",
+    "prediction_head",
+)
+# ONNX Runtime's uint8 x int8 kernels on x86 CPUs without VNNI (AVX2, AVX-512F) sum pairs of products in int16
+# and saturate; 7-bit weights (reduce_range) avoid it. Measured on an AMD EPYC with AVX2 only, tiny golden pattern,
+# 4 sample photos: full range scales_log p99 0.167, colours 5.2e-3; reduce_range 0.057 and 1.3e-3. The artifact
+# may run on any CPU, so it is always built that way (on VNNI CPUs it costs the weights one bit).
+ORT_REDUCE_RANGE_NOTE = (
+    "weights quantized to 7 bits (reduce_range): ONNX Runtime's u8s8 kernels saturate on x86 CPUs without VNNI "
+    "(measured on AVX2: scales_log p99 0.167 -> 0.057, colours 5.2e-3 -> 1.3e-3)"
+)
+INT8_RULES = ("onnxruntime", "tensorrt")  # whose Q/DQ conventions the int8 graph follows (reduce_precision)
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 DEFAULT_CALIBRATION_METHOD = "minmax"
 
@@ -139,6 +160,7 @@ def region_counts(regions: dict[str, str]) -> dict[str, int]:
 @dataclass
 class Fp16Report:
     kept_regions: tuple[str, ...]
+    half: str = "fp16"  # or "bf16": the type network nodes compute in (field names say fp16 for both)
     nodes_fp16: int = 0
     nodes_fp32: int = 0
     kept_op_types: dict[str, int] = field(default_factory=dict)
@@ -150,8 +172,8 @@ class Fp16Report:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "plan": "explicit cast plan (onnx API): network nodes and their weights in fp16, kept regions fp32, "
-            "a Cast on every edge between them, graph inputs and outputs fp32",
+            "plan": f"explicit cast plan (onnx API): network nodes and their weights in {self.half}, kept regions "
+            "fp32, a Cast on every edge between them, graph inputs and outputs fp32",
             "kept_fp32_regions": list(self.kept_regions),
             "kept_fp32_why": FP16_KEEP_NOTE,
             "nodes_fp16": self.nodes_fp16,
@@ -218,10 +240,15 @@ def _tensor_dtypes(model: onnx.ModelProto) -> dict[str, int]:
     return dtypes
 
 
-def _to_fp16_tensor(tensor: onnx.TensorProto, name: str) -> onnx.TensorProto:
+def _to_half_tensor(tensor: onnx.TensorProto, name: str, half: str = "fp16") -> onnx.TensorProto:
+    """An fp32 tensor as fp16 or bf16 (round to nearest even; ml_dtypes comes with onnx)."""
     import numpy as np
     from onnx import numpy_helper
 
+    if half == "bf16":
+        import ml_dtypes
+
+        return numpy_helper.from_array(numpy_helper.to_array(tensor).astype(ml_dtypes.bfloat16), name)
     return numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float16), name)
 
 
@@ -233,19 +260,29 @@ def _max_abs(tensor: onnx.TensorProto) -> float:
     return float(np.abs(values).max()) if values.size else 0.0
 
 
-def convert_fp16(model: onnx.ModelProto, keep_regions: Iterable[str] = FP16_KEPT_REGIONS) -> Fp16Report:
-    """Rewrite ``model`` (loaded with its weights) to the fp16 plan, in place. Returns what was done."""
+def convert_fp16(
+    model: onnx.ModelProto, keep_regions: Iterable[str] = FP16_KEPT_REGIONS, *, half: str = "fp16"
+) -> Fp16Report:
+    """Rewrite ``model`` (loaded with its weights) to the fp16 plan, in place. Returns what was done.
+
+    ``half="bf16"`` writes the same plan in bfloat16 (the tensorrt target); ONNX allows bfloat16 Conv only from
+    opset 22, so the caller converts the model's opset first (:func:`write_half`).
+    """
     import onnx
     from onnx import helper
 
+    if half not in HALF_TYPES:
+        raise ConversionError(f"no half-precision plan for {half!r}; known: {', '.join(HALF_TYPES)}")
     graph = model.graph
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     keep = tuple(keep_regions)
     regions = node_regions(graph)
     dtypes = _tensor_dtypes(model)
     initializers = {t.name: t for t in graph.initializer}
-    report = Fp16Report(kept_regions=keep)
-    FLOAT, HALF = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
+    report = Fp16Report(kept_regions=keep, half=half)
+    FLOAT, HALF = onnx.TensorProto.FLOAT, HALF_TYPES[half]
+    # bf16 has fp32's exponent range: no weight is out of range.
+    half_max = FP16_MAX if half == "fp16" else float("inf")
 
     # 1. Which nodes compute in fp16, and which type variables of each change.
     plan: dict[str, set[str]] = {}
@@ -265,7 +302,7 @@ def convert_fp16(model: onnx.ModelProto, keep_regions: Iterable[str] = FP16_KEPT
             if name in initializers
             and _formal(schema.inputs, index) in variables
             and dtypes[name] == FLOAT
-            and _max_abs(initializers[name]) > FP16_MAX
+            and _max_abs(initializers[name]) > half_max
         ]
         if too_big:
             report.out_of_range_nodes.append(node.name)
@@ -292,7 +329,7 @@ def convert_fp16(model: onnx.ModelProto, keep_regions: Iterable[str] = FP16_KEPT
     def cast_to(name: str, dtype: int) -> str:
         key = (name, dtype)
         if key not in casts:
-            suffix = "fp16" if dtype == HALF else "fp32"
+            suffix = half if dtype == HALF else "fp32"
             out = f"{name}__{suffix}"
             nodes.append(helper.make_node("Cast", [name], [out], name=f"cast_{suffix}__{name}", to=dtype))
             new_dtypes[out] = dtype
@@ -315,7 +352,7 @@ def convert_fp16(model: onnx.ModelProto, keep_regions: Iterable[str] = FP16_KEPT
                 continue
             if name in initializers and dtypes[name] == FLOAT and wanted == HALF:
                 fp16_initializer_users.add(name)
-                converted_initializers.setdefault(name, f"{name}__fp16")
+                converted_initializers.setdefault(name, f"{name}__{half}")
                 node.input[index] = converted_initializers[name]
             else:
                 node.input[index] = cast_to(name, wanted)
@@ -328,7 +365,7 @@ def convert_fp16(model: onnx.ModelProto, keep_regions: Iterable[str] = FP16_KEPT
             elif node.op_type in ("Constant", "ConstantOfShape"):
                 for attr in node.attribute:
                     if attr.name == "value" and attr.t.data_type == FLOAT:
-                        attr.t.CopyFrom(_to_fp16_tensor(attr.t, attr.t.name))
+                        attr.t.CopyFrom(_to_half_tensor(attr.t, attr.t.name, half))
                     elif attr.name in ("value_float", "value_floats"):
                         raise ConversionError(f"fp16 plan: Constant {node.name} with {attr.name} is not handled")
         else:
@@ -343,7 +380,7 @@ def convert_fp16(model: onnx.ModelProto, keep_regions: Iterable[str] = FP16_KEPT
     for tensor in graph.initializer:
         name = tensor.name
         if name in converted_initializers:
-            kept.append(_to_fp16_tensor(tensor, converted_initializers[name]))
+            kept.append(_to_half_tensor(tensor, converted_initializers[name], half))
             new_dtypes[converted_initializers[name]] = HALF
             report.initializers_fp16 += 1
             if name in fp32_initializer_users:
@@ -361,7 +398,7 @@ def convert_fp16(model: onnx.ModelProto, keep_regions: Iterable[str] = FP16_KEPT
     for value in graph.output:
         if new_dtypes.get(value.name) == HALF:
             producer = producers[value.name]
-            renamed = f"{value.name}__fp16"
+            renamed = f"{value.name}__{half}"
             producer.output[list(producer.output).index(value.name)] = renamed
             nodes.append(helper.make_node("Cast", [renamed], [value.name], name=f"cast_fp32__{value.name}", to=FLOAT))
             new_dtypes[renamed] = HALF
@@ -471,6 +508,10 @@ def minmax_ranges(fp32_path: Path, calibration: CalibrationSet, op_types: Sequen
     options = onnxruntime.SessionOptions()
     options.enable_cpu_mem_arena = False
     options.intra_op_num_threads = os.cpu_count() or 1
+    # ORT's default order emits the graph outputs' producers depth first, so every reduction ran after the whole
+    # network and kept all 700+ activations alive (22.7 GB and killed at full size). The priority-based order is a
+    # Kahn sort that breaks ties by node index: each reduction, placed right after its producer, runs next.
+    options.execution_order = onnxruntime.ExecutionOrder.PRIORITY_BASED
     session = onnxruntime.InferenceSession(str(augmented), options, providers=["CPUExecutionProvider"])
     names = [o.name for o in outputs]
     low = {t: np.inf for t in tensors}
@@ -517,8 +558,14 @@ def quantize_int8(
     external_data: bool = False,
     excluded_modules: Sequence[str] = INT8_EXCLUDED_MODULES,
     extra_options: dict[str, Any] | None = None,
+    activations: str = "uint8",
+    reduce_range: bool = False,
 ) -> dict[str, Any]:
-    """Static QDQ int8 of the fp32 model at ``fp32_path`` into ``out_path``; returns manifest details."""
+    """Static QDQ int8 of the fp32 model at ``fp32_path`` into ``out_path``; returns manifest details.
+
+    ``activations``: "uint8" (asymmetric, ONNX Runtime's best on CPU) or "int8" (symmetric, zero point 0: what
+    TensorRT requires of every Q/DQ pair).
+    """
     import onnx
 
     try:
@@ -532,6 +579,9 @@ def quantize_int8(
     }
     if method not in methods:
         raise ConversionError(f"unknown calibration method {method!r}; known: {', '.join(methods)}")
+    if activations not in ("uint8", "int8"):
+        raise ConversionError(f"activations must be uint8 or int8, not {activations!r}")
+    symmetric = activations == "int8"
     graph = onnx.load(str(fp32_path), load_external_data=False).graph
     excluded = excluded_nodes(graph, excluded_modules)
     counts = Counter(n.op_type for n in graph.node if n.op_type in op_types and n.name not in excluded)
@@ -560,13 +610,14 @@ def quantize_int8(
                 quant_format=QuantFormat.QDQ,
                 op_types_to_quantize=list(op_types),
                 per_channel=True,
-                activation_type=QuantType.QUInt8,
+                reduce_range=reduce_range,
+                activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 nodes_to_exclude=excluded,
                 calibrate_method=methods[method],
                 use_external_data_format=external_data,
                 calibration_providers=["CPUExecutionProvider"],
-                extra_options={"WeightSymmetric": True, "ActivationSymmetric": False, **(extra_options or {})},
+                extra_options={"WeightSymmetric": True, "ActivationSymmetric": symmetric, **(extra_options or {})},
                 calibration_cache_path=cache,
             )
     except (ValueError, RuntimeError, KeyError) as error:
@@ -583,8 +634,10 @@ def quantize_int8(
         "calibration_method": method,
         "op_types_quantized": list(op_types),
         "quantized_nodes": dict(counts),
-        "weights": "int8, symmetric, per output channel",
-        "activations": "uint8, asymmetric, per tensor, calibrated",
+        "weights": "int8, symmetric, per output channel" + (" (7-bit range)" if reduce_range else ""),
+        "reduce_range": reduce_range,
+        "activations": ("int8, symmetric (zero point 0)" if symmetric else "uint8, asymmetric")
+        + ", per tensor, calibrated",
         "excluded_nodes": excluded,
         "excluded_modules": list(excluded_modules),
         "excluded_why": INT8_EXCLUDED_NOTE,
@@ -614,21 +667,71 @@ def _save(model: onnx.ModelProto, path: Path, external_data: bool) -> None:
         onnx.save_model(model, str(path))
 
 
-def write_fp16(fp32_path: Path, out_path: Path, external_data: bool) -> dict[str, Any]:
-    """The fp16 artifact at ``out_path`` from the fp32 model at ``fp32_path``; returns manifest details."""
+def raise_opset_for_bf16(model: onnx.ModelProto) -> dict[str, Any]:
+    """Declare opset 22 (bfloat16 Conv, MatMul, ...) on ``model``, in place, only where that changes no node.
+
+    onnx's version converter is run on a weight-free copy as the check: every node must come back with the same
+    op type, inputs, outputs and attributes (true for SHARP's ops between 18 and 22: the changes are type
+    extensions and new optional attributes). The converter itself is not used for the rewrite because it drops
+    the nodes' ``namespace`` metadata (the region plan) and part of the value_info.
+    """
     import onnx
+    from onnx import version_converter
+
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    if opset >= BF16_MIN_OPSET:
+        return {"opset_from": opset, "opset": opset}
+    skeleton = onnx.ModelProto()
+    skeleton.CopyFrom(model)
+    for tensor in skeleton.graph.initializer:  # weights are not needed to convert ops
+        tensor.ClearField("raw_data")
+        del tensor.external_data[:]
+        tensor.data_location = onnx.TensorProto.DEFAULT
+    try:
+        converted = version_converter.convert_version(skeleton, BF16_MIN_OPSET)
+    except Exception as error:  # the converter raises bare RuntimeError / ValueError subclasses
+        raise ConversionError(f"bf16: onnx cannot convert opset {opset} -> {BF16_MIN_OPSET}: {error}") from error
+
+    def signature(node: onnx.NodeProto) -> tuple:
+        attributes = tuple(sorted(a.SerializeToString() for a in node.attribute))
+        return node.name, node.op_type, tuple(node.input), tuple(node.output), attributes
+
+    changed = [
+        n.name for n, c in zip(model.graph.node, converted.graph.node, strict=False) if signature(n) != signature(c)
+    ]
+    if changed or len(converted.graph.node) != len(model.graph.node):
+        raise ConversionError(
+            f"bf16: moving opset {opset} -> {BF16_MIN_OPSET} rewrites nodes ({', '.join(changed[:5]) or 'count'}); "
+            "the bf16 plan supports only graphs it leaves unchanged",
+            fix="export --precision fp16 instead",
+        )
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            entry.version = BF16_MIN_OPSET
+    return {"opset_from": opset, "opset": BF16_MIN_OPSET, "opset_check": "onnx version converter: no node changed"}
+
+
+def write_half(fp32_path: Path, out_path: Path, external_data: bool, half: str = "fp16") -> dict[str, Any]:
+    """The fp16 (or bf16) model at ``out_path`` from the fp32 model at ``fp32_path``; returns manifest details."""
+    import onnx
+    from onnx.external_data_helper import load_external_data_for_model
 
     start = time.perf_counter()
-    model = onnx.load(str(fp32_path))  # with its external weights
-    report = convert_fp16(model)
+    model = onnx.load(str(fp32_path), load_external_data=False)
+    opset = raise_opset_for_bf16(model) if half == "bf16" else None
+    load_external_data_for_model(model, str(fp32_path.parent))
+    report = convert_fp16(model, half=half)
     _save(model, out_path, external_data)
     del model
     seconds = time.perf_counter() - start
     echo(
-        f"    fp16: {report.nodes_fp16} nodes fp16, {report.nodes_fp32} kept fp32, {report.casts_inserted} casts, "
+        f"    {half}: {report.nodes_fp16} nodes {half}, {report.nodes_fp32} kept fp32, {report.casts_inserted} casts, "
         f"{seconds:.1f} s, RSS {rss_gb():.1f} GB"
     )
-    return {"precision_plan": report.as_dict(), "fp16_seconds": round(seconds, 2)}
+    details: dict[str, Any] = {"precision_plan": report.as_dict(), f"{half}_seconds": round(seconds, 2)}
+    if opset is not None:
+        details["opset_change"] = opset
+    return details
 
 
 def reduce_precision(
@@ -639,8 +742,15 @@ def reduce_precision(
     *,
     external_data: bool,
     calibration: CalibrationSet | None = None,
+    int8_rules: str = "onnxruntime",
 ) -> dict[str, Any]:
-    """fp32 ONNX in ``fp32_dir`` -> the ``precision`` artifact in ``workdir``, checked; returns manifest details."""
+    """fp32 ONNX in ``fp32_dir`` -> the ``precision`` artifact in ``workdir``, checked; returns manifest details.
+
+    ``precision``: fp16, bf16 (the tensorrt target; ONNX Runtime's CPU kernels cannot run it) or int8.
+    ``int8_rules``: "onnxruntime" (uint8 asymmetric activations, int32 biases: ONNX Runtime's fastest CPU kernels)
+    or "tensorrt" (int8 symmetric activations and fp32 biases: TensorRT's DequantizeLinear reads int8 / fp8 / int4
+    with zero point 0 only).
+    """
     import onnx
 
     from sharp_export.converters.onnx import MODEL_FILE
@@ -649,12 +759,29 @@ def reduce_precision(
     fp32_path = fp32_dir / MODEL_FILE
     out_path = workdir / MODEL_FILE
     fp32_bytes = _file_bytes(fp32_dir)
-    if precision == "fp16":
-        details = write_fp16(fp32_path, out_path, external_data)
+    if precision in HALF_TYPES:
+        details = write_half(fp32_path, out_path, external_data, precision)
     elif precision == "int8":
         if calibration is None:
             raise ConversionError("int8 needs a calibration set")
-        details = quantize_int8(fp32_path, out_path, calibration, external_data=external_data)
+        if int8_rules not in INT8_RULES:
+            raise ConversionError(f"int8 rules must be one of {', '.join(INT8_RULES)}, not {int8_rules!r}")
+        tensorrt = int8_rules == "tensorrt"
+        details = quantize_int8(
+            fp32_path,
+            out_path,
+            calibration,
+            external_data=external_data,
+            activations="int8" if tensorrt else "uint8",
+            extra_options={"QuantizeBias": False} if tensorrt else None,
+            excluded_modules=TENSORRT_INT8_EXCLUDED_MODULES if tensorrt else INT8_EXCLUDED_MODULES,
+            reduce_range=not tensorrt,  # see ORT_REDUCE_RANGE_NOTE
+        )
+        details["int8_rules"] = int8_rules
+        if not tensorrt:
+            details["reduce_range_why"] = ORT_REDUCE_RANGE_NOTE
+        if tensorrt:
+            details["biases"] = "fp32 (TensorRT fuses them; its DequantizeLinear takes no int32)"
         details["calibration"] = calibration.describe()
     else:
         raise ConversionError(f"no reduced-precision step for {precision!r}")

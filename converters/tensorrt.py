@@ -1,12 +1,17 @@
-"""The TensorRT target (thin): TensorRT-ready ONNX from the onnx target's code -> parse -> build -> serialize.
+"""The TensorRT target (thin): TensorRT-ready ONNX (converters/tensorrt_ready.py) -> parse -> build -> serialize.
 
-The plan file is written untouched (no header in front of it), so ``trtexec --loadEngine`` and any TensorRT
-runtime read it directly; everything about it lives in manifest.json. Precision: TensorRT < 11 takes the
-FP16 builder flag; TensorRT 11 removed it (precision must then be baked into the ONNX), so fp16 on 11+ is
-refused instead of silently building fp32.
+Precision lives in the ONNX (fp16/bf16 casts, int8 Q/DQ) and the network is built strongly typed, the only mode
+of TensorRT 11 and an opt-in of TensorRT 10, so TensorRT builds exactly the precision asked and no builder
+precision flag is ever set.
 
-TensorRT cannot be installed on the project's CPU machines: this module is written against the
-documented Python API and only its environment check and its ONNX stage are tested there.
+``--no-build`` stops after the ONNX: the artifact holds ``model.onnx`` + ``model.onnx.data``, the manifest with
+the static checks and the ``trtexec`` line that builds the plan on the target machine (a Jetson, a server). Its
+parity is checked with ONNX Runtime (fp32, fp16, int8), or structurally only for bf16 (ONNX Runtime's CPU kernels
+have no bf16). With a build, the plan file is written untouched (no header in front of it), so ``trtexec
+--loadEngine`` and any TensorRT runtime read it directly; everything about it lives in manifest.json.
+
+TensorRT cannot be installed on the project's CPU machines: the builder below is written against the documented
+Python API and is not run there; everything before it is.
 """
 
 from __future__ import annotations
@@ -16,64 +21,107 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sharp_export.contract import ConvertContext, ConvertResult, ExportRequest
-from sharp_export.converters.onnx import DEFAULT_OPSET, MAX_DYNAMIC_BATCH, MODEL_FILE, OPSET_OPTION, validate_opset
+from sharp_export.contract import ConvertContext, ConvertResult, ExampleInputs, ExportRequest
+from sharp_export.converters.onnx import (
+    CALIB_SIZE_OPTION,
+    DEFAULT_OPSET,
+    FP32_SCRATCH,
+    MODEL_FILE,
+    OPSET_OPTION,
+    validate_calibration,
+    validate_opset,
+)
+from sharp_export.converters.tensorrt_ready import (
+    DEFAULT_RELEASE,
+    TENSORRT_RELEASES,
+    batch_profile,
+    check_tensorrt_ready,
+    trtexec_command,
+    write_tensorrt_ready_onnx,
+)
 from sharp_export.errors import ConversionError, UserInputError
 from sharp_export.progress import echo, rss_gb
 from sharp_export.targets import Target, TargetOption, missing_packages, package_version, register_target
 
 if TYPE_CHECKING:
     from sharp_export.artifact import Manifest
-    from sharp_export.runtime.tensorrt_runner import TensorRTRunner
+    from sharp_export.reference.gaussians import Gaussians3D
+    from sharp_export.runtime.base import Runner
 
 PLAN_FILE = "model.plan"
 TIMING_CACHE_FILE = "timing.cache"
-ONNX_SUBDIR = "onnx"  # scratch folder inside the artifact for the intermediate ONNX (removed unless kept)
+ONNX_SUBDIR = "onnx"  # where the ONNX sits inside a built artifact (removed unless --keep-onnx)
 INSTALL_HINT = "pip install 'sharp-export[tensorrt]' on a machine with NVIDIA's libraries"
+# The --dynamic-batch profile maximum: TensorRT reserves activation memory for the largest shape of the profile,
+# so a generous maximum costs GPU memory in every execution context even when photos come one by one.
+DEFAULT_MAX_BATCH = 8
+OPTIMIZATION_LEVELS = range(0, 6)  # TensorRT's builder optimisation levels; 3 is its default
+BF16_PARITY_NOTE = (
+    "ONNX Runtime's CPU kernels have no bfloat16 (it refuses the first bf16 Mul), so the bf16 ONNX is checked "
+    "structurally here (opset, op list, element types, casts, onnx full type check); its numbers can only be "
+    "measured on TensorRT: run `sharp-export parity` on the built plan"
+)
 
 
 def check_environment() -> str | None:
+    """For building and running plans. (--no-build needs only onnx: see check_export_environment.)"""
     reason = missing_packages({"tensorrt": "tensorrt"})
     if reason is not None:
-        return f"tensorrt not importable: {INSTALL_HINT}"
-    reason = missing_packages({"onnx": "onnx", "onnxscript": "onnxscript"})
-    if reason is not None:
-        return f"{reason}: {INSTALL_HINT}"
-    return None
+        return f"tensorrt not importable: {INSTALL_HINT} (or export --no-build: the ONNX and the trtexec line)"
+    return check_onnx_environment()
+
+
+def check_onnx_environment() -> str | None:
+    reason = missing_packages({"onnx": "onnx", "onnxscript": "onnxscript", "onnxruntime": "onnxruntime"})
+    return None if reason is None else f"{reason}: pip install 'sharp-export[onnx]'"
+
+
+def builds_plan(options: Any) -> bool:
+    return bool(options.get("build", True))
+
+
+def check_export_environment(request: ExportRequest) -> str | None:
+    return check_environment() if builds_plan(request.options) else check_onnx_environment()
+
+
+def is_plan_artifact(manifest: Manifest) -> bool:
+    return manifest.main_file.endswith(".plan")
+
+
+def check_runner_environment(manifest: Manifest) -> str | None:
+    return check_environment() if is_plan_artifact(manifest) else check_onnx_environment()
 
 
 def trt_major(version: str) -> int:
     return int(version.split(".")[0])
 
 
-def build_tensorrt_ready_onnx(
-    model: Any, example: Any, io: Any, out_dir: Path, *, opset: int, dynamic_batch: bool, metadata: dict[str, str]
-) -> dict[str, Any]:
-    """The ONNX TensorRT parses: same graph as the onnx target, external data always (one file beside it)."""
-    from sharp_export.converters.onnx_export import export_onnx
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return export_onnx(
-        model, example, io, out_dir, opset=opset, dynamic_batch=dynamic_batch, external_data=True, metadata=metadata
-    )
-
-
 def build_engine(
     onnx_path: Path,
     plan_path: Path,
     *,
-    precision: str,
     workspace_gb: float,
     timing_cache: Path | None,
     batch_shapes: tuple[int, int, int] | None,  # (min, opt, max) batch for a dynamic-batch model
     resolution: int,
+    optimization_level: int = 3,
+    version_compatible: bool = False,
+    hardware_compatible: bool = False,
 ) -> dict[str, Any]:
-    """Parse -> build -> serialize with the TensorRT Python API; writes the raw plan bytes."""
+    """Parse -> build (strongly typed) -> serialize with the TensorRT Python API; writes the raw plan bytes."""
     import tensorrt as trt
 
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10+
+    # Strongly typed: tensor types come from the ONNX's casts and Q/DQ. TensorRT 11 has no other mode (and may
+    # drop the flag); on TensorRT 10 without it, the builder could pick other precisions than the ONNX's.
+    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    if flag is None and trt_major(trt.__version__) < 11:
+        raise ConversionError(
+            f"TensorRT {trt.__version__} cannot build strongly typed networks",
+            fix="use TensorRT 10.0 or newer",
+        )
+    network = builder.create_network(0 if flag is None else 1 << int(flag))
     parser = trt.OnnxParser(network, logger)
     # parse_from_file resolves model.onnx.data relative to the model's directory.
     if not parser.parse_from_file(str(onnx_path)):
@@ -81,13 +129,11 @@ def build_engine(
         raise ConversionError(f"TensorRT's ONNX parser failed: {errors}", path=onnx_path)
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
-    if precision == "fp16":
-        if trt_major(trt.__version__) >= 11:
-            raise ConversionError(
-                f"TensorRT {trt.__version__} has no FP16 builder flag; fp16 must be baked into the ONNX",
-                fix="export --precision fp32, or use TensorRT 10 for fp16",
-            )
-        config.set_flag(trt.BuilderFlag.FP16)
+    config.builder_optimization_level = optimization_level
+    if version_compatible:
+        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+    if hardware_compatible:
+        config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS
     cache_bytes = timing_cache.read_bytes() if timing_cache is not None and timing_cache.is_file() else b""
     cache = config.create_timing_cache(cache_bytes)
     config.set_timing_cache(cache, ignore_mismatch=False)
@@ -117,46 +163,175 @@ def build_engine(
         "build_seconds": round(build_s, 2),
         "workspace_gb": workspace_gb,
         "batch_profile": list(batch_shapes) if batch_shapes else None,
+        "strongly_typed": flag is not None or trt_major(trt.__version__) >= 11,
+        "builder_optimization_level": optimization_level,
+        "version_compatible": version_compatible,
+        "hardware_compatibility": "ampere_plus" if hardware_compatible else None,
     }
 
 
 def validate(request: ExportRequest) -> None:
+    options = request.options
     validate_opset(request)
-    if float(request.options.get("workspace_gb", 8.0)) <= 0:
+    validate_calibration(request)
+    release = TENSORRT_RELEASES[options.get("trt_compat", DEFAULT_RELEASE)]
+    if request.precision not in release.precisions:
+        raise UserInputError(
+            f"--precision {request.precision} is not available for --trt-compat {release.name}: {release.why_not}"
+        )
+    if int(options.get("opset", DEFAULT_OPSET)) > release.max_opset:
+        raise UserInputError(
+            f"--opset {options['opset']} is above {release.max_opset}, the highest the {release.label} parser reads",
+            fix=f"use --opset {DEFAULT_OPSET}",
+        )
+    if float(options.get("workspace_gb", 8.0)) <= 0:
         raise UserInputError("--workspace-gb must be positive")
+    if int(options.get("optimization_level", 3)) not in OPTIMIZATION_LEVELS:
+        raise UserInputError("--optimization-level must be 0..5 (TensorRT's builder optimisation levels; 3 default)")
+    max_batch = int(options.get("max_batch", DEFAULT_MAX_BATCH))
+    if max_batch < 1 or max_batch > 64:
+        raise UserInputError(f"--max-batch {max_batch} must be within 1..64")
+    if max_batch != DEFAULT_MAX_BATCH and not request.dynamic_batch:
+        raise UserInputError("--max-batch applies to --dynamic-batch exports only", fix="add --dynamic-batch")
+    if options.get("hardware_compatible") and not release.hardware_compatible:
+        raise UserInputError(
+            f"--hardware-compatible is not available for {release.label}: hardware-compatible engines are for "
+            "discrete Ampere+ GPUs, not Jetson",
+            fix="drop --hardware-compatible",
+        )
+    if builds_plan(options):
+        if request.device != "cuda":
+            raise UserInputError(
+                f"--device {request.device}: a TensorRT plan runs on CUDA GPUs; --device cpu checks the ONNX in "
+                "ONNX Runtime and needs --no-build",
+                fix="pass --device cuda, or --no-build",
+            )
+    elif request.device == "cuda":
+        import importlib.util
+
+        if importlib.util.find_spec("onnxruntime") is not None:
+            import onnxruntime
+
+            if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+                raise UserInputError(
+                    "--no-build --device cuda: parity of the ONNX runs in ONNX Runtime, and this onnxruntime has no "
+                    "CUDAExecutionProvider",
+                    fix="pass --device cpu (the default with --no-build), or pip install onnxruntime-gpu",
+                )
+
+
+def default_device(options: Any) -> str:
+    """A build needs a GPU; --no-build checks the ONNX in ONNX Runtime on the CPU by default."""
+    return "cuda" if builds_plan(options) else "cpu"
 
 
 def convert(ctx: ConvertContext) -> ConvertResult:
     options = ctx.request.options
-    onnx_dir = ctx.workdir / ONNX_SUBDIR
-    details = build_tensorrt_ready_onnx(
+    precision = ctx.request.precision
+    build = builds_plan(options)
+    release = options.get("trt_compat", DEFAULT_RELEASE)
+    calibration = None
+    if precision == "int8":
+        from sharp_export.calibration.dataset import load_calibration_set
+
+        assert ctx.request.calib_data is not None  # validate_request
+        calibration = load_calibration_set(
+            ctx.request.calib_data, int(ctx.example.image.shape[-1]), options.get("calib_size")
+        )
+    # The ONNX sits at the artifact's root with --no-build (it is the artifact), in onnx/ beside a plan.
+    onnx_dir = ctx.workdir / ONNX_SUBDIR if build else ctx.workdir
+    fp32_dir = onnx_dir if precision == "fp32" else ctx.workdir / FP32_SCRATCH
+    fp32_dir.mkdir(parents=True, exist_ok=True)
+    from sharp_export.converters.onnx_export import export_onnx
+
+    details = export_onnx(
         ctx.model,
         ctx.example,
         ctx.io,
-        onnx_dir,
+        fp32_dir,
         opset=int(options.get("opset", DEFAULT_OPSET)),
         dynamic_batch=ctx.request.dynamic_batch,
+        external_data=True,  # one data file beside the model: what TensorRT's parser resolves
         metadata=ctx.metadata,
     )
+    if precision != "fp32":
+        onnx_dir.mkdir(parents=True, exist_ok=True)
+        details.update(write_tensorrt_ready_onnx(precision, fp32_dir, onnx_dir, ctx.io, calibration=calibration))
+        shutil.rmtree(fp32_dir)
+    onnx_path = onnx_dir / MODEL_FILE
+    echo(f"    checking the ONNX against the {TENSORRT_RELEASES[release].label} parser")
+    details["tensorrt_ready"] = check_tensorrt_ready(onnx_path, precision, release)
+    max_batch = int(options.get("max_batch", DEFAULT_MAX_BATCH))
+    profile = batch_profile(ctx.io, max_batch)
+    if profile is None:
+        details["optimization_profile"] = None
+    else:
+        details["optimization_profile"] = dict(zip(("min", "opt", "max"), profile, strict=True))
     cache_option = options.get("timing_cache")
+    command = trtexec_command(
+        MODEL_FILE,
+        PLAN_FILE,
+        ctx.io,
+        workspace_gb=float(options.get("workspace_gb", 8.0)),
+        optimization_level=int(options.get("optimization_level", 3)),
+        timing_cache=cache_option or TIMING_CACHE_FILE,
+        version_compatible=bool(options.get("version_compatible", False)),
+        hardware_compatible=bool(options.get("hardware_compatible", False)),
+        max_batch=max_batch,
+    )
+    details["trtexec"] = command
+    details["trtexec_note"] = "run in the artifact directory on the target machine (the plan is specific to it)"
+    if not build:
+        echo(f"    --no-build: build the plan on the target machine with:\n      {command}")
+        details["engine"] = None
+        return ConvertResult(main_file=MODEL_FILE, details=details)
     timing_cache = Path(cache_option) if cache_option else ctx.workdir / TIMING_CACHE_FILE
-    batch = (1, 1, MAX_DYNAMIC_BATCH) if ctx.request.dynamic_batch else None
-    resolution = int(ctx.io.inputs[0].shape[-1])
     details["tensorrt"] = build_engine(
-        onnx_dir / MODEL_FILE,
+        onnx_path,
         ctx.workdir / PLAN_FILE,
-        precision=ctx.request.precision,
         workspace_gb=float(options.get("workspace_gb", 8.0)),
         timing_cache=timing_cache,
-        batch_shapes=batch,
-        resolution=resolution,
+        batch_shapes=profile,
+        resolution=int(ctx.io.inputs[0].shape[-1]),
+        optimization_level=int(options.get("optimization_level", 3)),
+        version_compatible=bool(options.get("version_compatible", False)),
+        hardware_compatible=bool(options.get("hardware_compatible", False)),
     )
     if not options.get("keep_onnx", False):
         shutil.rmtree(onnx_dir)
     return ConvertResult(main_file=PLAN_FILE, details=details)
 
 
-def open_runner(artifact_dir: Path, manifest: Manifest, device: str = "cuda") -> TensorRTRunner:
+def parity_hook(
+    artifact_dir: Path,
+    manifest: Manifest,
+    example: ExampleInputs,
+    reference: Gaussians3D,
+    target: Target,
+    device: str,
+) -> dict[str, Any] | None:
+    """None (run the artifact: the plan in TensorRT, the ONNX in ONNX Runtime), except a bf16 ONNX."""
+    if is_plan_artifact(manifest) or manifest.precision != "bf16":
+        return None
+    checks = manifest.conversion.get("tensorrt_ready", {})
+    echo(f"    bf16 ONNX: structural checks passed ({checks.get('casts', '?')} casts); {BF16_PARITY_NOTE}")
+    return {"status": "deferred", "reason": BF16_PARITY_NOTE, "structural_checks": "passed", "batch": example.batch}
+
+
+def open_runner(artifact_dir: Path, manifest: Manifest, device: str = "cuda") -> Runner:
+    """The plan in TensorRT (CUDA), or a --no-build ONNX in ONNX Runtime (any device it has)."""
+    if not is_plan_artifact(manifest):
+        if manifest.precision == "bf16":
+            raise UserInputError(
+                "this is a bf16 TensorRT-ready ONNX without a plan; ONNX Runtime cannot run bf16 on the CPU",
+                path=artifact_dir,
+                fix=f"build the plan on a GPU: {manifest.conversion.get('trtexec', 'sharp-export tensorrt ...')}",
+            )
+        from sharp_export.runtime.onnxruntime_runner import open_onnx_artifact
+
+        return open_onnx_artifact(artifact_dir, manifest, device)
+    if device != "cuda":
+        raise UserInputError("a TensorRT plan runs on CUDA GPUs only", path=artifact_dir, fix="pass --device cuda")
     from sharp_export.runtime.tensorrt_runner import TensorRTRunner
 
     return TensorRTRunner(Path(artifact_dir) / manifest.main_file, manifest, device)
@@ -168,21 +343,52 @@ TENSORRT_TARGET = register_target(
         suffix=".plan",
         extra="tensorrt",
         description="TensorRT engine (NVIDIA GPUs; the plan is specific to the GPU and TensorRT version)",
-        precisions=("fp32", "fp16"),
+        precisions=("fp32", "fp16", "bf16", "int8"),
         supports_dynamic_batch=True,
-        devices=("cuda",),
+        supports_calibration=True,
+        devices=("cuda", "cpu"),  # cpu: the --no-build ONNX in ONNX Runtime
         options=(
             OPSET_OPTION,
+            TargetOption(
+                "build",
+                bool,
+                True,
+                "build the plan here (needs TensorRT and a GPU); --no-build writes the TensorRT-ready ONNX, the "
+                "manifest and the trtexec line for the target machine, and checks the ONNX in ONNX Runtime "
+                "(default --device cpu)",
+            ),
+            TargetOption(
+                "trt_compat",
+                str,
+                DEFAULT_RELEASE,
+                "TensorRT release the ONNX must parse on: 11 (servers) or 10.3 (JetPack 6, Jetson Orin)",
+                choices=tuple(TENSORRT_RELEASES),
+            ),
             TargetOption("workspace_gb", float, 8.0, "builder workspace memory pool limit in GB"),
             TargetOption(
                 "timing_cache", str, "", "timing cache file to reuse and update (default: inside the artifact)"
             ),
-            TargetOption("keep_onnx", bool, False, "keep the intermediate ONNX in the artifact (onnx/)"),
+            TargetOption("optimization_level", int, 3, "builder optimisation level 0..5 (higher: slower build)"),
+            TargetOption(
+                "version_compatible", bool, False, "plan runs on later TensorRT versions too (lean runtime inside)"
+            ),
+            TargetOption("hardware_compatible", bool, False, "plan runs on any Ampere+ discrete GPU (may be slower)"),
+            TargetOption(
+                "max_batch", int, DEFAULT_MAX_BATCH, "largest batch of the --dynamic-batch profile (min 1, opt 1)"
+            ),
+            CALIB_SIZE_OPTION,
+            TargetOption("keep_onnx", bool, False, "keep the TensorRT-ready ONNX in the built artifact (onnx/)"),
         ),
         check_environment=check_environment,
+        check_export_environment=check_export_environment,
+        check_runner_environment=check_runner_environment,
+        default_device=default_device,
         convert=convert,
         open_runner=open_runner,
-        tolerance_profiles={"fp32": "fp32-tf32"},
+        parity_hook=parity_hook,
+        # Engines: TF32 fp32; fp16 / bf16 / int8 rows are the generic provisional ones (no TensorRT measurement
+        # exists). The --no-build ONNX is gated by the same rows when it runs in ONNX Runtime.
+        tolerance_profiles={"fp32": "fp32-tf32", "fp16": "fp16", "bf16": "bf16", "int8": "int8"},
         validate=validate,
     )
 )

@@ -145,7 +145,7 @@ def open_runner(artifact_dir: str | Path, device: str = "cpu", *, verify: bool =
             path=artifact_dir,
             fix=f"pass --device {target.devices[0]}",
         )
-    reason = target.check_environment()
+    reason = target.runner_environment(manifest)
     if reason is not None:
         raise TargetUnavailableError(target.name, reason)
     return target.open_runner(artifact_dir, manifest, device)

@@ -18,26 +18,54 @@ from sharp_export.reference.gaussians import GAUSSIAN_FIELDS, Gaussians3D
 from sharp_export.runtime.base import Runner
 
 
-def check_compatibility(manifest: Any, artifact_dir: Path, trt_version: str) -> None:
-    """Same TensorRT version and GPU compute capability as the build, else a rebuild command."""
+def _version_tuple(version: str) -> tuple[int, ...]:
+    """'10.3.0.26' -> (10, 3, 0): major.minor.patch decide plan compatibility, the build number does not."""
+    parts = []
+    for part in version.split(".")[:3]:
+        digits = "".join(ch for ch in part if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
+def check_compatibility(manifest: Any, artifact_dir: Path, trt_version: str, capability: tuple[int, int]) -> None:
+    """Refuse, with the rebuild command, a plan this TensorRT or this GPU cannot load.
+
+    A plan loads only under the TensorRT version that built it, unless built ``--version-compatible`` (then any
+    later version), and only on GPUs of the compute capability it was built for, unless built
+    ``--hardware-compatible`` (then any Ampere or newer GPU, compute capability >= 8.0).
+    """
     built = manifest.conversion.get("tensorrt", {})
-    rebuild = (
-        f"rebuild on this machine with: {manifest.reproduce}" if manifest.reproduce else "re-export on this machine"
-    )
-    if built.get("tensorrt_version") and built["tensorrt_version"] != trt_version:
-        raise UserInputError(
-            f"plan built with TensorRT {built['tensorrt_version']}, this machine has {trt_version}",
-            path=artifact_dir,
-            fix=rebuild,
-        )
-    major, minor = torch.cuda.get_device_capability()
-    here = f"{major}.{minor}"
-    if built.get("gpu_compute_capability") and built["gpu_compute_capability"] != here:
-        raise UserInputError(
-            f"plan built for compute capability {built['gpu_compute_capability']}, this GPU is {here}",
-            path=artifact_dir,
-            fix=rebuild,
-        )
+    rebuild = f"rebuild on this machine with: {manifest.reproduce or 'sharp-export tensorrt ...'}"
+    if manifest.conversion.get("trtexec"):
+        rebuild += f" (or, in the artifact directory: {manifest.conversion['trtexec']})"
+    built_version = built.get("tensorrt_version")
+    if built_version:
+        same = _version_tuple(built_version) == _version_tuple(trt_version)
+        later = _version_tuple(trt_version) > _version_tuple(built_version)
+        if not same and not (built.get("version_compatible") and later):
+            allowed = "it or a later one (version-compatible plan)" if built.get("version_compatible") else "it"
+            raise UserInputError(
+                f"plan built with TensorRT {built_version}, this machine has {trt_version}; the plan loads with "
+                f"{allowed} only",
+                path=artifact_dir,
+                fix=rebuild,
+            )
+    here = f"{capability[0]}.{capability[1]}"
+    built_capability = built.get("gpu_compute_capability")
+    if built_capability and built_capability != here:
+        if built.get("hardware_compatibility") == "ampere_plus":
+            if capability[0] < 8:
+                raise UserInputError(
+                    f"plan built hardware-compatible for Ampere+ GPUs (compute capability >= 8.0), this GPU is {here}",
+                    path=artifact_dir,
+                    fix=rebuild,
+                )
+        else:
+            raise UserInputError(
+                f"plan built for compute capability {built_capability}, this GPU is {here}",
+                path=artifact_dir,
+                fix=rebuild + "; or build with --hardware-compatible for any Ampere+ GPU",
+            )
 
 
 class TensorRTRunner(Runner):
@@ -55,10 +83,14 @@ class TensorRTRunner(Runner):
             raise MissingDependencyError("tensorrt", "tensorrt", "running a TensorRT plan") from None
         if not torch.cuda.is_available():
             raise UserInputError("a TensorRT plan needs a CUDA GPU; torch sees none", path=self.plan_path)
-        check_compatibility(self.manifest, self.plan_path.parent, trt.__version__)
+        check_compatibility(self.manifest, self.plan_path.parent, trt.__version__, torch.cuda.get_device_capability())
         self._trt = trt
         self._logger = trt.Logger(trt.Logger.WARNING)
         runtime = trt.Runtime(self._logger)
+        if self.manifest.conversion.get("tensorrt", {}).get("version_compatible"):
+            # A version-compatible plan carries its own lean runtime, which TensorRT runs only when told the plan
+            # is trusted: it is, it is this artifact's own (its sha256 is in the manifest).
+            runtime.engine_host_code_allowed = True
         self.engine = runtime.deserialize_cuda_engine(self.plan_path.read_bytes())
         if self.engine is None:
             raise UserInputError("TensorRT could not deserialize the plan", path=self.plan_path)

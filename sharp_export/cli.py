@@ -22,7 +22,7 @@ def cli(verbose: bool) -> None:
 
 
 def _register() -> None:
-    from sharp_export.commands import bench, export, parity, predict, render, run
+    from sharp_export.commands import bench, export, parity, predict, render, run, triton
 
     cli.add_command(predict.command)
     cli.add_command(render.command)
@@ -32,6 +32,7 @@ def _register() -> None:
     cli.add_command(parity.command)
     cli.add_command(run.env_command)
     cli.add_command(bench.command)
+    cli.add_command(triton.command)
 
 
 _register()

@@ -101,7 +101,7 @@ def validate_request(target: Target, request: ExportRequest) -> None:
     check_output_path(Path(request.output).absolute(), request.force)
     if target.validate is not None:
         target.validate(request)
-    reason = target.check_environment()
+    reason = target.export_environment(request)
     if reason is not None:
         raise TargetUnavailableError(target.name, reason)
 

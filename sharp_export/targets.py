@@ -14,10 +14,14 @@ import importlib.metadata
 import importlib.util
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sharp_export.contract import ConvertFn, OpenRunnerFn, ParityHook, ProxyFn, ValidateFn
 from sharp_export.errors import UserInputError
+
+if TYPE_CHECKING:
+    from sharp_export.artifact import Manifest
+    from sharp_export.contract import ExportRequest
 
 # Every precision name a target row may list; what each target really offers is its own row.
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
@@ -65,6 +69,13 @@ class Target:
     parity_hook: ParityHook | None = None
     # Optional torch stand-in for the artifact, run while the model is loaded (contract.ProxyOutputs).
     proxy: ProxyFn | None = None
+    # Optional, when what an export or an artifact needs depends on options (tensorrt --no-build needs onnx, not
+    # TensorRT): same convention as check_environment. None: check_environment for both.
+    check_export_environment: Callable[[ExportRequest], str | None] | None = None
+    check_runner_environment: Callable[[Manifest], str | None] | None = None
+    # Optional: the --device an export uses when none is given, from its options. None: "cpu" when listed in
+    # ``devices``, else the first device.
+    default_device: Callable[[Mapping[str, Any]], str] | None = None
 
     def __post_init__(self) -> None:
         unknown = [p for p in self.precisions if p not in PRECISIONS]
@@ -95,6 +106,22 @@ class Target:
     def tolerance_profile(self, precision: str) -> str:
         """Name of the tolerance rows that gate this target at ``precision``."""
         return self.tolerance_profiles.get(precision, precision)
+
+    def export_environment(self, request: ExportRequest) -> str | None:
+        """None when ``request`` can be exported here, else the reason and the install hint."""
+        check = self.check_export_environment
+        return check(request) if check is not None else self.check_environment()
+
+    def runner_environment(self, manifest: Manifest) -> str | None:
+        """None when the artifact of ``manifest`` can be opened here, else the reason and the install hint."""
+        check = self.check_runner_environment
+        return check(manifest) if check is not None else self.check_environment()
+
+    def device_for(self, options: Mapping[str, Any]) -> str:
+        """The --device an export with these target options uses by default."""
+        if self.default_device is not None:
+            return self.default_device(options)
+        return "cpu" if "cpu" in self.devices else self.devices[0]
 
     def option(self, name: str) -> TargetOption:
         for opt in self.options:

@@ -82,7 +82,7 @@ def reproduce_command(target: Target, params: dict[str, Any]) -> str:
 
 def make_target_command(target: Target) -> click.Command:
     """Build `sharp-export <target>` from the registry row."""
-    default_device = "cpu" if "cpu" in target.devices else target.devices[0]
+    default_device = target.device_for({o.name: o.default for o in target.options})
 
     def callback(**params: Any) -> None:
         from sharp_export.contract import ExportRequest
@@ -96,6 +96,7 @@ def make_target_command(target: Target) -> click.Command:
             params["precision"] = "fp16"
         params["precision"] = params["precision"] or target.default_precision
         options = {opt.name: params[opt.name] for opt in target.options}
+        params["device"] = params["device"] or target.device_for(options)  # e.g. tensorrt --no-build: cpu
         request = ExportRequest(
             target=target.name,
             output=params["output"],
@@ -155,9 +156,9 @@ def make_target_command(target: Target) -> click.Command:
         click.option(
             "--device",
             type=click.Choice(list(target.devices)),
-            default=default_device,
-            show_default=True,
-            help="Device the artifact runs on for parity.",
+            default=None,
+            help=f"Device the artifact runs on for parity (default {default_device}"
+            + ("; some options change it: see their help)." if target.default_device is not None else ")."),
         ),
         click.option(
             "--parity/--no-parity",

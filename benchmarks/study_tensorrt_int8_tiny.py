@@ -1,0 +1,88 @@
+"""Which int8 plan for the TensorRT-ready ONNX: TensorRT's Q/DQ rules (int8 symmetric activations, zero point 0,
+fp32 biases) cost accuracy against the onnx target's uint8 asymmetric activations. Tiny preset, golden perturbed
+weights, calibrated on the bundled sample photos, scored on the golden pattern against torch fp32 (what the
+export's own parity gates), p99 per metric. Run in ONNX Runtime CPU: the same graph TensorRT would parse.
+
+    python benchmarks/study_tensorrt_int8_tiny.py [CONFIG ...]
+
+Writes benchmarks/results/tensorrt_int8_study_tiny.json. ~1 min on 2 cores.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import save  # noqa: E402
+
+from sharp_export.artifact import raw_io_spec  # noqa: E402
+from sharp_export.calibration.dataset import load_calibration_set  # noqa: E402
+from sharp_export.contract import ExportRequest  # noqa: E402
+from sharp_export.converters.onnx_quantize import (  # noqa: E402
+    INT8_EXCLUDED_MODULES,
+    TENSORRT_INT8_EXCLUDED_MODULES,
+    quantize_int8,
+)
+from sharp_export.export import run_export  # noqa: E402
+from sharp_export.parity.compare import compare_gaussians  # noqa: E402
+from sharp_export.parity.tolerances import PROFILES  # noqa: E402
+from sharp_export.reference.checkpoint import build_model  # noqa: E402
+from sharp_export.reference.gaussians import Gaussians3D  # noqa: E402
+from sharp_export.runtime.onnxruntime_runner import OnnxRuntimeRunner  # noqa: E402
+from sharp_export.samples import example_inputs  # noqa: E402
+
+WEIGHTS = Path(__file__).resolve().parents[1] / "tests" / "data" / "golden_tiny" / "weights_perturbed.safetensors"
+TRT = {"activations": "int8", "extra_options": {"QuantizeBias": False}}
+CONFIGS = {
+    "onnxruntime_rules_uint8_asymmetric": {"activations": "uint8", "excluded_modules": INT8_EXCLUDED_MODULES},
+    "tensorrt_rules_minmax": {**TRT, "excluded_modules": INT8_EXCLUDED_MODULES},
+    "tensorrt_rules_percentile": {**TRT, "excluded_modules": INT8_EXCLUDED_MODULES, "method": "percentile"},
+    "tensorrt_rules_minmax_prediction_head_fp32": {
+        **TRT,
+        "excluded_modules": INT8_EXCLUDED_MODULES + ("prediction_head",),
+    },
+    "tensorrt_rules_minmax_gaussian_heads_fp32 (shipped)": {**TRT, "excluded_modules": TENSORRT_INT8_EXCLUDED_MODULES},
+}
+
+
+def main() -> None:
+    names = sys.argv[1:] or list(CONFIGS)
+    model = build_model("tiny", WEIGHTS).model.eval()
+    example = example_inputs(384, 1)
+    with torch.no_grad():
+        reference = Gaussians3D(*model(example.image, example.disparity_factor))
+    calibration = load_calibration_set("samples", 384, None)
+    io = raw_io_spec(384, 1)
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = Path(tmp) / "fp32"
+        run_export(ExportRequest(target="onnx", output=fp32, preset="tiny", checkpoint=WEIGHTS, parity=False))
+        for name in names:
+            out = Path(tmp) / "int8.onnx"
+            details = quantize_int8(fp32 / "model.onnx", out, calibration, **CONFIGS[name])
+            with OnnxRuntimeRunner(out, io) as runner:
+                candidate = runner.infer(example.image, example.disparity_factor)
+            rows = compare_gaussians(reference, candidate, dict(PROFILES["int8"]), space="raw")
+            results[name] = {
+                "p99": {r.metric: round(float(r.p99), 5) for r in rows},
+                "max": {r.metric: round(float(r.max), 5) for r in rows},
+                "quantized_nodes": details["quantized_nodes"],
+                "excluded_nodes": len(details["excluded_nodes"]),
+            }
+            print(name, results[name]["p99"], flush=True)
+    save(
+        "tensorrt_int8_study_tiny",
+        {
+            "what": "tiny preset, golden perturbed weights, calibration: the 5 sample photos (MinMax unless named), "
+            "scored on the golden pattern vs torch fp32, ONNX Runtime CPU",
+            "results": results,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
