@@ -14,6 +14,24 @@ import torch
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+# CPU features that change which kernels run (int8 dot products, bf16, AMX tiles): numbers from machines with
+# different sets are not comparable (ONNX Runtime's u8s8 int8 even changes its results without VNNI).
+CPU_FLAGS_OF_INTEREST = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8",
+                         "amx_bf16")  # fmt: skip
+
+
+def cpu_description() -> dict:
+    """CPU model name and the ISA flags of interest, from /proc/cpuinfo (Linux); empty elsewhere."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "")
+    flags_line = next((line for line in text.splitlines() if line.startswith("flags")), "")
+    flags = set(flags_line.split(":", 1)[1].split()) if flags_line else set()
+    return {"cpu_model": model, "cpu_flags": [f for f in CPU_FLAGS_OF_INTEREST if f in flags]}
+
+
 def machine_info() -> dict:
     return {
         "python": platform.python_version(),
@@ -21,6 +39,7 @@ def machine_info() -> dict:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "processor": platform.processor() or platform.machine(),
+        **cpu_description(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
 

@@ -48,8 +48,12 @@ def test_matches_ml_sharp_golden(exported, golden_dir):
     manifest = read_manifest(exported)
     with open_runner(exported) as runner:
         candidate = runner.infer(np.ascontiguousarray(image), np.array([1.0], dtype=np.float32))
+        effective = runner.effective_precision
     worst = {r.metric: r for r in compare_gaussians(golden, candidate, None, space="raw")}
-    if manifest.precision == "fp32":
+    if manifest.precision == "fp32" or effective != "bf16":
+        # fp32, or a bf16 artifact on a CPU without bf16 (AVX2-only AMD EPYC seen here): OpenVINO compiles f32
+        # and the runner warns; the numbers must then be fp32's.
+        assert manifest.precision == "fp32" or effective == "f32"
         assert worst["means_rel_depth"].max < 1e-5  # measured 0 (f32 CPU kernels vs ml-sharp eager)
         assert worst["colors_abs"].max < 1e-5
     else:
