@@ -89,17 +89,23 @@ def validate_calibration(request: ExportRequest) -> None:
     select_images(request.calib_data, calib_size)
 
 
+def require_ort_cuda(what: str, fix: str) -> None:
+    """UserInputError unless this onnxruntime has the CUDA provider (parity of an ONNX on --device cuda)."""
+    if importlib.util.find_spec("onnxruntime") is None:
+        return  # the environment check names the missing package
+    import onnxruntime
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        raise UserInputError(f"{what}, and this onnxruntime has no CUDAExecutionProvider", fix=fix)
+
+
 def validate(request: ExportRequest) -> None:
     validate_opset(request)
     validate_calibration(request)
-    if request.device == "cuda" and importlib.util.find_spec("onnxruntime") is not None:
-        import onnxruntime
-
-        if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
-            raise UserInputError(
-                "--device cuda: this onnxruntime has no CUDAExecutionProvider to run the parity check on",
-                fix="pip install onnxruntime-gpu, or use --device cpu",
-            )
+    if request.device == "cuda":
+        require_ort_cuda(
+            "--device cuda: parity runs the ONNX in ONNX Runtime", "pip install onnxruntime-gpu, or use --device cpu"
+        )
     if request.options.get("external_data") == "never" and request.preset == "sharp":
         raise UserInputError(
             "--external-data never cannot work for the full preset: 2.6 GB of weights exceed protobuf's 2 GB limit",

@@ -28,9 +28,11 @@ from sharp_export.converters.onnx import (
     FP32_SCRATCH,
     MODEL_FILE,
     OPSET_OPTION,
+    require_ort_cuda,
     validate_calibration,
     validate_opset,
 )
+from sharp_export.converters.onnx import check_environment as check_onnx_environment
 from sharp_export.converters.tensorrt_ready import (
     DEFAULT_RELEASE,
     TENSORRT_RELEASES,
@@ -69,11 +71,6 @@ def check_environment() -> str | None:
     if reason is not None:
         return f"tensorrt not importable: {INSTALL_HINT} (or export --no-build: the ONNX and the trtexec line)"
     return check_onnx_environment()
-
-
-def check_onnx_environment() -> str | None:
-    reason = missing_packages({"onnx": "onnx", "onnxscript": "onnxscript", "onnxruntime": "onnxruntime"})
-    return None if reason is None else f"{reason}: pip install 'sharp-export[onnx]'"
 
 
 def builds_plan(options: Any) -> bool:
@@ -207,17 +204,10 @@ def validate(request: ExportRequest) -> None:
                 fix="pass --device cuda, or --no-build",
             )
     elif request.device == "cuda":
-        import importlib.util
-
-        if importlib.util.find_spec("onnxruntime") is not None:
-            import onnxruntime
-
-            if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
-                raise UserInputError(
-                    "--no-build --device cuda: parity of the ONNX runs in ONNX Runtime, and this onnxruntime has no "
-                    "CUDAExecutionProvider",
-                    fix="pass --device cpu (the default with --no-build), or pip install onnxruntime-gpu",
-                )
+        require_ort_cuda(
+            "--no-build --device cuda: parity of the ONNX runs in ONNX Runtime",
+            "pass --device cpu (the default with --no-build), or pip install onnxruntime-gpu",
+        )
 
 
 def default_device(options: Any) -> str:

@@ -109,10 +109,9 @@ def write_tensorrt_ready_onnx(
     """The ``precision`` TensorRT-ready ONNX in ``out_dir`` from the fp32 export in ``fp32_dir`` (external data)."""
     from sharp_export.converters.onnx_quantize import reduce_precision
 
-    details = reduce_precision(
+    return reduce_precision(
         precision, fp32_dir, out_dir, io, external_data=True, calibration=calibration, int8_rules="tensorrt"
     )
-    return details
 
 
 # ---- checking -------------------------------------------------------------------------------------------------
