@@ -1,6 +1,12 @@
 """CPU paths for the full preset side by side: torch eager fp32 / bf16 autocast, OpenVINO f32 / bf16 (IR from torch).
 
     python benchmarks/bench_cpu_paths.py [--runs 2] [--workdir DIR]
+    python benchmarks/bench_cpu_paths.py --ir fp32=out/ov/model.xml --ir int8=out/ov_int8/model.xml \
+        --name cpu_paths_full_amx
+
+With ``--ir NAME=XML`` (IRs written by ``sharp-export openvino``) no IR is converted from torch: each given IR
+is timed with the f32 hint and with the bf16 hint, as ``openvino_NAME_f32`` / ``openvino_NAME_bf16``, and the
+eager rows add a channels-last fp32 run (what ``TorchRunner`` does on the CPU).
 
 Each path runs in its own fresh process, so its peak RSS is its own. Seeded (untrained) weights, batch 1,
 the golden test pattern at 1536x1536. Every candidate's outputs are compared with the eager fp32 outputs of
@@ -26,6 +32,9 @@ from sharp_export.reference.checkpoint import build_model, autocast_context
 from sharp_export.samples import example_inputs
 loaded = build_model("sharp", seed=0, precision="{precision}")
 ex = example_inputs(1536, 1)
+if {channels_last}:  # what TorchRunner does on the CPU
+    loaded.model.to(memory_format=torch.channels_last)
+    ex = type(ex)(ex.image.contiguous(memory_format=torch.channels_last), ex.disparity_factor)
 times = []
 for _ in range({runs}):
     t0 = time.perf_counter()
@@ -60,8 +69,11 @@ import json, resource, time, numpy as np, openvino as ov
 from sharp_export.samples import example_inputs
 ex = example_inputs(1536, 1)
 core = ov.Core()
+core.set_property({{"ENABLE_MMAP": False}})  # as OpenVINORunner: read, compile, drop the model (lower peak RSS)
 t0 = time.perf_counter()
-compiled = core.compile_model("{ir}", "CPU", {{"INFERENCE_PRECISION_HINT": "{hint}", "NUM_STREAMS": "1"}})
+model = core.read_model("{ir}")
+compiled = core.compile_model(model, "CPU", {{"INFERENCE_PRECISION_HINT": "{hint}", "NUM_STREAMS": "1"}})
+del model
 compile_s = time.perf_counter() - t0
 request = compiled.create_infer_request()
 times = []
@@ -96,7 +108,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--skip", nargs="*", default=[], help="candidate names to skip")
+    parser.add_argument("--ir", action="append", default=[], metavar="NAME=XML", help="time this OpenVINO IR")
+    parser.add_argument("--name", default="cpu_paths_full", help="results file name (without .json)")
     args = parser.parse_args()
+    irs = dict(item.split("=", 1) for item in args.ir)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="cpu_paths_"))
     work.mkdir(parents=True, exist_ok=True)
     ir = work / "sharp.xml"
@@ -111,12 +126,25 @@ def main() -> None:
         results[name] = {"load_average_1min_before": round(load, 2), **run_child(code)}
         print(f"[{name}] {json.dumps(results[name])}", flush=True)
 
-    step("eager_fp32", EAGER.format(precision="fp32", runs=1, save=reference))
-    step("eager_bf16", EAGER.format(precision="bf16", runs=1, save=work / "eager_bf16.npz"))
-    step("openvino_convert", OV_CONVERT.format(ir=ir))
-    step("openvino_f32", OV_RUN.format(ir=ir, hint="f32", runs=args.runs, save=work / "openvino_f32.npz"))
-    step("openvino_bf16", OV_RUN.format(ir=ir, hint="bf16", runs=args.runs, save=work / "openvino_bf16.npz"))
-    for name in ("eager_bf16", "openvino_f32", "openvino_bf16"):
+    step("eager_fp32", EAGER.format(precision="fp32", runs=1, save=reference, channels_last=False))
+    candidates = ["eager_bf16"]
+    if irs:
+        step(
+            "eager_fp32_channels_last",
+            EAGER.format(precision="fp32", runs=1, save=work / "eager_fp32_channels_last.npz", channels_last=True),
+        )
+        candidates.append("eager_fp32_channels_last")
+    bf16_save = work / "eager_bf16.npz"
+    step("eager_bf16", EAGER.format(precision="bf16", runs=1, save=bf16_save, channels_last=bool(irs)))
+    if not irs:
+        step("openvino_convert", OV_CONVERT.format(ir=ir))
+        irs = {"": str(ir)}
+    for label, xml in irs.items():
+        for hint in ("f32", "bf16"):
+            name = "_".join(part for part in ("openvino", label, hint) if part)
+            step(name, OV_RUN.format(ir=xml, hint=hint, runs=args.runs, save=work / f"{name}.npz"))
+            candidates.append(name)
+    for name in candidates:
         if name in results and reference.is_file():
             results[name]["vs_eager_fp32"] = compare(reference, work / f"{name}.npz")
     if "eager_fp32" in results:
@@ -124,9 +152,11 @@ def main() -> None:
         for row in results.values():
             if "forward_s" in row:
                 row["speed_vs_eager_fp32"] = round(base / min(row["forward_s"]), 3)
-    ir_bytes = sum(p.stat().st_size for p in work.glob("sharp.*")) if ir.is_file() else None
+    ir_bytes = {label: sum(p.stat().st_size for p in Path(xml).parent.glob("model.*")) for label, xml in irs.items()}
+    if ir.is_file():
+        ir_bytes = sum(p.stat().st_size for p in work.glob("sharp.*"))
     save(
-        "cpu_paths_full",
+        args.name,
         {
             "what": "sharp preset (seeded, untrained), batch 1, golden pattern 1536x1536, CPU, one process per path",
             "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),

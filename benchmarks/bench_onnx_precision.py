@@ -2,7 +2,7 @@
 
     python benchmarks/bench_onnx_precision.py [--preset tiny|sharp] [--seed N | -c CKPT] [--calib-data samples|DIR]
         [--calib-size N] [--precisions fp32,fp16,int8] [--repeats N] [--photos coffee,chelsea|all|none]
-        [--poses 4] [--profile] [--workdir DIR] [--keep]
+        [--poses 4] [--profile] [--workdir DIR] [--keep] [--name RESULTS_NAME]
 
 Per precision, each step in a fresh child process (so its peak RSS is its own):
 
@@ -223,6 +223,7 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--name", default=None, help="results file name (default onnx_precision_<preset>)")
     args = parser.parse_args()
 
     from sharp_export.samples import SAMPLE_NAMES
@@ -302,7 +303,7 @@ def main() -> None:
         goals["fp16_size_vs_fp32 <= 0.52"] = rows["fp16"]["size_vs_fp32"]
     weights = f"checkpoint {Path(checkpoint).name}" if checkpoint else f"seed {seed} (UNTRAINED)"
     save(
-        f"onnx_precision_{args.preset}",
+        args.name or f"onnx_precision_{args.preset}",
         {
             "preset": args.preset,
             "weights": weights,

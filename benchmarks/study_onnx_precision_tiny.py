@@ -70,18 +70,23 @@ class Evaluator:
 
     def __call__(self, path: Path) -> dict[str, Any]:
         import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = os.cpu_count() or 1
+        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return self.worst(lambda image, factor: session.run(None, {"image": image, "disparity_factor": factor}))
+
+    def worst(self, run: Any) -> dict[str, Any]:
+        """Worst p99 / max per metric over the inputs; ``run(image, factor)`` returns the 5 raw outputs in order."""
         import torch
 
         from sharp_export.parity.compare import compare_gaussians
         from sharp_export.parity.tolerances import PROFILES
         from sharp_export.reference.gaussians import Gaussians3D
 
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = os.cpu_count() or 1
-        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         worst: dict[str, dict[str, float]] = {}
         for name, image, factor in self.items:
-            values = session.run(None, {"image": image.numpy(), "disparity_factor": factor.numpy()})
+            values = run(image.numpy(), factor.numpy())
             candidate = Gaussians3D(*(torch.from_numpy(v) for v in values))
             for r in compare_gaussians(self.refs[name], candidate, PROFILES["int8"], space="raw"):
                 if r.metric in METRICS:

@@ -1,9 +1,13 @@
-"""Which int8 plan for the TensorRT-ready ONNX: TensorRT's Q/DQ rules (int8 symmetric activations, zero point 0,
-fp32 biases) cost accuracy against the onnx target's uint8 asymmetric activations. Tiny preset, golden perturbed
-weights, calibrated on the bundled sample photos, scored on the golden pattern against torch fp32 (what the
+"""Which int8 (and fp8) plan for the TensorRT-ready ONNX: TensorRT's Q/DQ rules (int8 symmetric activations, zero
+point 0, fp32 biases) cost accuracy against the onnx target's uint8 asymmetric activations. Tiny preset, golden
+perturbed weights, calibrated on the bundled sample photos, scored on the golden pattern against torch fp32 (what the
 export's own parity gates), p99 per metric. Run in ONNX Runtime CPU: the same graph TensorRT would parse.
 
     python benchmarks/study_tensorrt_int8_tiny.py [CONFIG ...]
+
+fp8 rows: the shipped rewrite (converters/onnx_fp8.py: the TensorRT-rule int8 graph's Q/DQ retyped to
+float8e4m3fn, scales amax / 448) against ONNX Runtime's own float8 quantizer (std-based scales from its
+Distribution calibrator, per-tensor weights), same calibration photos and float modules.
 
 Writes benchmarks/results/tensorrt_int8_study_tiny.json. ~1 min on 2 cores.
 """
@@ -49,6 +53,47 @@ CONFIGS = {
 }
 
 
+def fp8_rows(tmp: Path, fp32_onnx: Path, calibration, example, reference, io) -> dict:
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    from sharp_export.converters.onnx_fp8 import int8_qdq_to_fp8
+    from sharp_export.converters.onnx_quantize import calibration_reader, excluded_nodes, raise_opset
+
+    rows = {}
+
+    def score(name: str, path: Path) -> None:
+        with OnnxRuntimeRunner(path, io) as runner:
+            candidate = runner.infer(example.image, example.disparity_factor)
+        found = compare_gaussians(reference, candidate, dict(PROFILES["int8"]), space="raw")
+        rows[name] = {"p99": {r.metric: round(float(r.p99), 5) for r in found},
+                      "max": {r.metric: round(float(r.max), 5) for r in found}}  # fmt: skip
+        print(name, rows[name]["p99"], flush=True)
+
+    int8 = tmp / "int8_for_fp8.onnx"
+    quantize_int8(fp32_onnx, int8, calibration, **CONFIGS["tensorrt_rules_minmax_gaussian_heads_fp32 (shipped)"])
+    int8_qdq_to_fp8(int8, fp32_onnx, tmp / "fp8.onnx", external_data=False)
+    score("fp8_amax_rewrite_of_tensorrt_int8 (shipped)", tmp / "fp8.onnx")
+    model = onnx.load(str(fp32_onnx))
+    raise_opset(model, 19, "fp8")
+    onnx.save(model, str(tmp / "fp32_opset19.onnx"))
+    quantize_static(
+        str(tmp / "fp32_opset19.onnx"),
+        str(tmp / "fp8_ort.onnx"),
+        calibration_reader(calibration),
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=["Conv", "MatMul"],
+        per_channel=False,
+        activation_type=QuantType.QFLOAT8E4M3FN,
+        weight_type=QuantType.QFLOAT8E4M3FN,
+        nodes_to_exclude=excluded_nodes(model.graph, TENSORRT_INT8_EXCLUDED_MODULES),
+        calibrate_method=CalibrationMethod.Distribution,
+        extra_options={"QuantizeBias": False, "scenario": "same"},
+    )
+    score("fp8_onnxruntime_quantizer_std_scales", tmp / "fp8_ort.onnx")
+    return rows
+
+
 def main() -> None:
     names = sys.argv[1:] or list(CONFIGS)
     model = build_model("tiny", WEIGHTS).model.eval()
@@ -74,11 +119,12 @@ def main() -> None:
                 "excluded_nodes": len(details["excluded_nodes"]),
             }
             print(name, results[name]["p99"], flush=True)
+        results.update(fp8_rows(Path(tmp), fp32 / "model.onnx", calibration, example, reference, io))
     save(
         "tensorrt_int8_study_tiny",
         {
             "what": "tiny preset, golden perturbed weights, calibration: the 5 sample photos (MinMax unless named), "
-            "scored on the golden pattern vs torch fp32, ONNX Runtime CPU",
+            "scored on the golden pattern vs torch fp32, ONNX Runtime CPU (fp8 Q/DQ as fake quantization)",
             "results": results,
         },
     )

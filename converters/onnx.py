@@ -71,15 +71,16 @@ def validate_opset(request: ExportRequest) -> None:
         )
 
 
-def validate_calibration(request: ExportRequest) -> None:
-    """--calib-data / --calib-size only with int8; the calibration folder is listed (not decoded) before work."""
+def validate_calibration(request: ExportRequest, calibrated: tuple[str, ...] = ("int8",)) -> None:
+    """--calib-data / --calib-size only with a ``calibrated`` precision; the folder is listed (not decoded) first."""
     calib_size = request.options.get("calib_size")
-    if request.precision != "int8":
+    if request.precision not in calibrated:
         for given, flag in ((request.calib_data is not None, "--calib-data"), (calib_size is not None, "--calib-size")):
             if given:
+                choices = " or ".join(f"--precision {p}" for p in calibrated)
                 raise UserInputError(
-                    f"{flag} applies to --precision int8 only (this export is {request.precision})",
-                    fix=f"drop {flag}, or pass --precision int8",
+                    f"{flag} applies to {choices} only (this export is {request.precision})",
+                    fix=f"drop {flag}, or pass {choices}",
                 )
         return
     if request.calib_data is None:

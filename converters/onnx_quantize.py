@@ -72,8 +72,9 @@ INT8_EXCLUDED_NOTE = (
 )
 # TensorRT's symmetric int8 activations cost accuracy on SHARP's mostly-positive activations; the Gaussian heads
 # (the decoder's geometry / texture heads and the prediction head: 12 of the tiny preset's 81 quantized convs) stay
-# fp32: scales_log p99 0.128 -> 0.048, quaternion angle p99 5.9 -> 3.5 deg on the tiny golden pattern
-# (benchmarks/results/tensorrt_int8_study_tiny.json; Percentile calibration was worse: scales_log 0.23).
+# fp32. Tiny golden pattern, ONNX Runtime CPU (benchmarks/results/tensorrt_int8_study_tiny.json): on a Xeon with
+# VNNI / AMX, scales_log p99 0.069 -> 0.040 and quaternion angle 5.4 -> 3.2 deg; on an AVX2-only AMD EPYC, whose
+# int8 kernels saturate, 0.128 -> 0.048 and 5.9 -> 3.5 deg (Percentile calibration was worse there: 0.23).
 TENSORRT_INT8_EXCLUDED_MODULES = INT8_EXCLUDED_MODULES + (
     "feature_model.geometry_head",
     "feature_model.texture_head",
@@ -667,8 +668,8 @@ def _save(model: onnx.ModelProto, path: Path, external_data: bool) -> None:
         onnx.save_model(model, str(path))
 
 
-def raise_opset_for_bf16(model: onnx.ModelProto) -> dict[str, Any]:
-    """Declare opset 22 (bfloat16 Conv, MatMul, ...) on ``model``, in place, only where that changes no node.
+def raise_opset(model: onnx.ModelProto, target: int, why: str) -> dict[str, Any]:
+    """Declare opset ``target`` on ``model``, in place, only where that changes no node (``why``: for errors).
 
     onnx's version converter is run on a weight-free copy as the check: every node must come back with the same
     op type, inputs, outputs and attributes (true for SHARP's ops between 18 and 22: the changes are type
@@ -679,7 +680,7 @@ def raise_opset_for_bf16(model: onnx.ModelProto) -> dict[str, Any]:
     from onnx import version_converter
 
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-    if opset >= BF16_MIN_OPSET:
+    if opset >= target:
         return {"opset_from": opset, "opset": opset}
     skeleton = onnx.ModelProto()
     skeleton.CopyFrom(model)
@@ -688,9 +689,9 @@ def raise_opset_for_bf16(model: onnx.ModelProto) -> dict[str, Any]:
         del tensor.external_data[:]
         tensor.data_location = onnx.TensorProto.DEFAULT
     try:
-        converted = version_converter.convert_version(skeleton, BF16_MIN_OPSET)
+        converted = version_converter.convert_version(skeleton, target)
     except Exception as error:  # the converter raises bare RuntimeError / ValueError subclasses
-        raise ConversionError(f"bf16: onnx cannot convert opset {opset} -> {BF16_MIN_OPSET}: {error}") from error
+        raise ConversionError(f"{why}: onnx cannot convert opset {opset} -> {target}: {error}") from error
 
     def signature(node: onnx.NodeProto) -> tuple:
         attributes = tuple(sorted(a.SerializeToString() for a in node.attribute))
@@ -701,14 +702,14 @@ def raise_opset_for_bf16(model: onnx.ModelProto) -> dict[str, Any]:
     ]
     if changed or len(converted.graph.node) != len(model.graph.node):
         raise ConversionError(
-            f"bf16: moving opset {opset} -> {BF16_MIN_OPSET} rewrites nodes ({', '.join(changed[:5]) or 'count'}); "
-            "the bf16 plan supports only graphs it leaves unchanged",
+            f"{why}: moving opset {opset} -> {target} rewrites nodes ({', '.join(changed[:5]) or 'count'}); "
+            f"the {why} plan supports only graphs it leaves unchanged",
             fix="export --precision fp16 instead",
         )
     for entry in model.opset_import:
         if entry.domain in ("", "ai.onnx"):
-            entry.version = BF16_MIN_OPSET
-    return {"opset_from": opset, "opset": BF16_MIN_OPSET, "opset_check": "onnx version converter: no node changed"}
+            entry.version = target
+    return {"opset_from": opset, "opset": target, "opset_check": "onnx version converter: no node changed"}
 
 
 def write_half(fp32_path: Path, out_path: Path, external_data: bool, half: str = "fp16") -> dict[str, Any]:
@@ -718,7 +719,7 @@ def write_half(fp32_path: Path, out_path: Path, external_data: bool, half: str =
 
     start = time.perf_counter()
     model = onnx.load(str(fp32_path), load_external_data=False)
-    opset = raise_opset_for_bf16(model) if half == "bf16" else None
+    opset = raise_opset(model, BF16_MIN_OPSET, "bf16") if half == "bf16" else None
     load_external_data_for_model(model, str(fp32_path.parent))
     report = convert_fp16(model, half=half)
     _save(model, out_path, external_data)
@@ -746,7 +747,8 @@ def reduce_precision(
 ) -> dict[str, Any]:
     """fp32 ONNX in ``fp32_dir`` -> the ``precision`` artifact in ``workdir``, checked; returns manifest details.
 
-    ``precision``: fp16, bf16 (the tensorrt target; ONNX Runtime's CPU kernels cannot run it) or int8.
+    ``precision``: fp16, bf16 (the tensorrt target; ONNX Runtime's CPU kernels cannot run it), int8, or fp8 (the
+    tensorrt target: float8e4m3fn Q/DQ, which ONNX Runtime's CPU kernels run as fake quantization).
     ``int8_rules``: "onnxruntime" (uint8 asymmetric activations, int32 biases: ONNX Runtime's fastest CPU kernels)
     or "tensorrt" (int8 symmetric activations and fp32 biases: TensorRT's DequantizeLinear reads int8 / fp8 / int4
     with zero point 0 only).
@@ -782,6 +784,32 @@ def reduce_precision(
             details["reduce_range_why"] = ORT_REDUCE_RANGE_NOTE
         if tensorrt:
             details["biases"] = "fp32 (TensorRT fuses them; its DequantizeLinear takes no int32)"
+        details["calibration"] = calibration.describe()
+    elif precision == "fp8":
+        # fp8 = the TensorRT-rule int8 graph with every Q/DQ retyped to float8e4m3fn (converters/onnx_fp8.py).
+        if calibration is None:
+            raise ConversionError("fp8 needs a calibration set")
+        if int8_rules != "tensorrt":
+            raise ConversionError("fp8 Q/DQ is built for TensorRT only (int8_rules='tensorrt')")
+        import shutil
+
+        from sharp_export.converters.onnx_fp8 import int8_qdq_to_fp8
+
+        scratch = workdir / ".int8_for_fp8"
+        scratch.mkdir()
+        details = quantize_int8(
+            fp32_path,
+            scratch / MODEL_FILE,
+            calibration,
+            external_data=external_data,
+            activations="int8",
+            extra_options={"QuantizeBias": False},
+            excluded_modules=TENSORRT_INT8_EXCLUDED_MODULES,
+        )
+        details.update(int8_qdq_to_fp8(scratch / MODEL_FILE, fp32_path, out_path, external_data=external_data))
+        shutil.rmtree(scratch)
+        details["int8_rules"] = int8_rules
+        details["biases"] = "fp32 (TensorRT fuses them)"
         details["calibration"] = calibration.describe()
     else:
         raise ConversionError(f"no reduced-precision step for {precision!r}")

@@ -9,6 +9,11 @@ against 190 s for torch eager fp32 and 118 s for torch bf16 autocast in the same
   runner when it compiles the model; the file is the same as for fp32.
 * Conversion goes through the ONNX file because ``ov.convert_model`` on the torch module took 17 minutes on
   the full preset (torch tracing of 702M parameters), the ONNX path a fraction of that.
+* ``--precision int8`` converts the onnx target's own int8 graph (``onnx_quantize.reduce_precision``: static
+  QDQ, per-channel int8 weights, uint8 activations calibrated on ``--calib-data`` photos, the tail and the
+  disparity head float). OpenVINO turns each Q/DQ pair into a FakeQuantize and runs those convolutions and
+  matmuls on int8 kernels (VNNI / AMX where the CPU has them). NNCF's own quantizer was tried first and left
+  out: at full size its statistics pass grew past 24 GB and was killed (``INT8_ROUTE_NOTE``).
 """
 
 from __future__ import annotations
@@ -18,7 +23,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sharp_export.contract import ConvertContext, ConvertResult, ExportRequest
-from sharp_export.converters.onnx import DEFAULT_OPSET, OPSET_OPTION, validate_opset
+from sharp_export.converters.onnx import (
+    CALIB_SIZE_OPTION,
+    DEFAULT_OPSET,
+    FP32_SCRATCH,
+    OPSET_OPTION,
+    validate_calibration,
+    validate_opset,
+)
 from sharp_export.converters.onnx import MODEL_FILE as ONNX_FILE
 from sharp_export.errors import ConversionError
 from sharp_export.progress import echo, heartbeat, rss_gb
@@ -31,7 +43,14 @@ if TYPE_CHECKING:
 MODEL_FILE = "model.xml"  # + model.bin (weights) beside it
 ONNX_SUBDIR = "onnx"  # scratch folder for the intermediate ONNX, removed after conversion
 # precision -> OpenVINO CPU INFERENCE_PRECISION_HINT
-INFERENCE_PRECISION = {"fp32": "f32", "bf16": "bf16"}
+# (int8: the ops left float run in f32.)
+INFERENCE_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
+INT8_ROUTE_NOTE = (
+    "the onnx target's int8 QDQ graph (ONNX Runtime's quantizer, its low-memory MinMax calibration) converted by "
+    "OpenVINO. NNCF (nncf.quantize on the IR) was tried: on the tiny preset its best recipe was more accurate "
+    "(benchmarks/results/openvino_int8_study_tiny.json), but on the full preset its statistics pass was killed at "
+    "24.3 GB RSS, twice, on a 24 GB machine (with and without bias correction)"
+)
 
 
 def check_environment() -> str | None:
@@ -41,8 +60,18 @@ def check_environment() -> str | None:
     return None
 
 
+def export_environment(request: ExportRequest) -> str | None:
+    """int8 also needs ONNX Runtime (its quantizer calibrates the ONNX graph); fp32 and bf16 do not."""
+    if (reason := check_environment()) is not None:
+        return reason
+    if request.precision == "int8" and (reason := missing_packages({"onnxruntime": "onnxruntime"})) is not None:
+        return f"{reason}: pip install 'sharp-export[openvino,onnx]' (int8 calibrates with ONNX Runtime)"
+    return None
+
+
 def validate(request: ExportRequest) -> None:
     validate_opset(request)
+    validate_calibration(request)
 
 
 def convert(ctx: ConvertContext) -> ConvertResult:
@@ -52,18 +81,35 @@ def convert(ctx: ConvertContext) -> ConvertResult:
 
     from sharp_export.converters.onnx_export import export_onnx
 
+    int8 = ctx.request.precision == "int8"
+    calibration = None
+    if int8:
+        # Decode the photos first: a bad image fails in seconds, not after the export.
+        from sharp_export.calibration.dataset import load_calibration_set
+
+        assert ctx.request.calib_data is not None  # validate_request
+        calibration = load_calibration_set(
+            ctx.request.calib_data, int(ctx.example.image.shape[-1]), ctx.request.options.get("calib_size")
+        )
     onnx_dir = ctx.workdir / ONNX_SUBDIR
-    onnx_dir.mkdir()
+    fp32_dir = onnx_dir / FP32_SCRATCH if int8 else onnx_dir
+    fp32_dir.mkdir(parents=True)
     details = export_onnx(
         ctx.model,
         ctx.example,
         ctx.io,
-        onnx_dir,
+        fp32_dir,
         opset=int(ctx.request.options.get("opset", DEFAULT_OPSET)),
         dynamic_batch=ctx.request.dynamic_batch,
         external_data=True,
         metadata=ctx.metadata,
     )
+    int8_details = None
+    if int8:
+        from sharp_export.converters.onnx_quantize import reduce_precision
+
+        int8_details = reduce_precision("int8", fp32_dir, onnx_dir, ctx.io, external_data=True, calibration=calibration)
+        shutil.rmtree(fp32_dir)
     start = time.perf_counter()
     try:
         with heartbeat("ov.convert_model"):
@@ -72,6 +118,12 @@ def convert(ctx: ConvertContext) -> ConvertResult:
         first = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
         raise ConversionError(f"OpenVINO could not read the ONNX model: {first}", fix="see export.log") from error
     convert_s = time.perf_counter() - start
+    if int8:
+        fake_quantize = sum(1 for op in model.get_ordered_ops() if op.get_type_name() == "FakeQuantize")
+        if fake_quantize == 0:  # never ship an fp32 model labelled int8
+            raise ConversionError("OpenVINO kept no quantizer of the int8 ONNX", path=onnx_dir / ONNX_FILE)
+        assert int8_details is not None
+        int8_details = {"route": INT8_ROUTE_NOTE, "fake_quantize_ops": fake_quantize, **int8_details}
     for key, value in ctx.metadata.items():
         model.set_rt_info(value, ["sharp_export", key.removeprefix("sharp_export.")])
     start = time.perf_counter()
@@ -84,13 +136,17 @@ def convert(ctx: ConvertContext) -> ConvertResult:
         "exporter": f"{details['exporter']} -> OpenVINO {ov.__version__} (ov.convert_model on the ONNX file)",
         "openvino": ov.__version__,
         "onnx_opset": details["opset"],
-        "weights": "fp32 (save_model compress_to_fp16=False)",
+        "weights": "int8 for the quantized ops, fp32 for the rest (save_model compress_to_fp16=False)"
+        if int8
+        else "fp32 (save_model compress_to_fp16=False)",
         "inference_precision_hint": INFERENCE_PRECISION[ctx.request.precision],
         "onnx_export_seconds": details["export_seconds"],
         "convert_seconds": round(convert_s, 2),
         "save_seconds": round(save_s, 2),
         "files": [MODEL_FILE, "model.bin"],
     }
+    if int8_details is not None:
+        details["int8"] = int8_details
     return ConvertResult(main_file=MODEL_FILE, details=details)
 
 
@@ -98,7 +154,8 @@ def open_runner(artifact_dir: Path, manifest: Manifest, device: str = "cpu") -> 
     from sharp_export.runtime.openvino_runner import OpenVINORunner
 
     hint = INFERENCE_PRECISION[manifest.precision]
-    return OpenVINORunner(Path(artifact_dir) / manifest.main_file, manifest.io, device, hint)
+    path = Path(artifact_dir) / manifest.main_file
+    return OpenVINORunner(path, manifest.io, device, hint, int8=manifest.precision == "int8")
 
 
 OPENVINO_TARGET = register_target(
@@ -107,12 +164,14 @@ OPENVINO_TARGET = register_target(
         suffix=".xml",
         extra="openvino",
         description="OpenVINO IR for CPUs; bf16 runs on AVX-512 BF16 / AMX (the fastest CPU path measured)",
-        precisions=("fp32", "bf16"),
+        precisions=("fp32", "bf16", "int8"),
         supports_dynamic_batch=True,
+        supports_calibration=True,
         devices=("cpu",),
-        options=(OPSET_OPTION,),
-        tolerance_profiles={"bf16": "bf16-openvino"},
+        options=(OPSET_OPTION, CALIB_SIZE_OPTION),
+        tolerance_profiles={"bf16": "bf16-openvino", "int8": "int8-openvino"},
         check_environment=check_environment,
+        check_export_environment=export_environment,
         convert=convert,
         open_runner=open_runner,
         validate=validate,

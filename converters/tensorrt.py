@@ -1,14 +1,15 @@
 """The TensorRT target (thin): TensorRT-ready ONNX (converters/tensorrt_ready.py) -> parse -> build -> serialize.
 
-Precision lives in the ONNX (fp16/bf16 casts, int8 Q/DQ) and the network is built strongly typed, the only mode
+Precision lives in the ONNX (fp16/bf16 casts, int8 / fp8 Q/DQ) and the network is built strongly typed, the only mode
 of TensorRT 11 and an opt-in of TensorRT 10, so TensorRT builds exactly the precision asked and no builder
 precision flag is ever set.
 
 ``--no-build`` stops after the ONNX: the artifact holds ``model.onnx`` + ``model.onnx.data``, the manifest with
 the static checks and the ``trtexec`` line that builds the plan on the target machine (a Jetson, a server). Its
-parity is checked with ONNX Runtime (fp32, fp16, int8), or structurally only for bf16 (ONNX Runtime's CPU kernels
-have no bf16). With a build, the plan file is written untouched (no header in front of it), so ``trtexec
---loadEngine`` and any TensorRT runtime read it directly; everything about it lives in manifest.json.
+parity is checked with ONNX Runtime (fp32, fp16, int8, and fp8 as fake quantization), or structurally only for
+bf16 (ONNX Runtime's CPU kernels have no bf16). With a build, the plan file is written untouched (no header in
+front of it), so ``trtexec --loadEngine`` and any TensorRT runtime read it directly; everything about it lives
+in manifest.json.
 
 TensorRT cannot be installed on the project's CPU machines: the builder below is written against the documented
 Python API and is not run there; everything before it is.
@@ -43,7 +44,14 @@ from sharp_export.converters.tensorrt_ready import (
 )
 from sharp_export.errors import ConversionError, UserInputError
 from sharp_export.progress import echo, rss_gb
-from sharp_export.targets import Target, TargetOption, missing_packages, package_version, register_target
+from sharp_export.targets import (
+    CALIBRATED_PRECISIONS,
+    Target,
+    TargetOption,
+    missing_packages,
+    package_version,
+    register_target,
+)
 
 if TYPE_CHECKING:
     from sharp_export.artifact import Manifest
@@ -170,7 +178,7 @@ def build_engine(
 def validate(request: ExportRequest) -> None:
     options = request.options
     validate_opset(request)
-    validate_calibration(request)
+    validate_calibration(request, CALIBRATED_PRECISIONS)
     release = TENSORRT_RELEASES[options.get("trt_compat", DEFAULT_RELEASE)]
     if request.precision not in release.precisions:
         raise UserInputError(
@@ -221,7 +229,7 @@ def convert(ctx: ConvertContext) -> ConvertResult:
     build = builds_plan(options)
     release = options.get("trt_compat", DEFAULT_RELEASE)
     calibration = None
-    if precision == "int8":
+    if precision in CALIBRATED_PRECISIONS:
         from sharp_export.calibration.dataset import load_calibration_set
 
         assert ctx.request.calib_data is not None  # validate_request
@@ -333,7 +341,7 @@ TENSORRT_TARGET = register_target(
         suffix=".plan",
         extra="tensorrt",
         description="TensorRT engine (NVIDIA GPUs; the plan is specific to the GPU and TensorRT version)",
-        precisions=("fp32", "fp16", "bf16", "int8"),
+        precisions=("fp32", "fp16", "bf16", "int8", "fp8"),
         supports_dynamic_batch=True,
         supports_calibration=True,
         devices=("cuda", "cpu"),  # cpu: the --no-build ONNX in ONNX Runtime
@@ -377,8 +385,15 @@ TENSORRT_TARGET = register_target(
         open_runner=open_runner,
         parity_hook=parity_hook,
         # Engines: TF32 fp32; fp16 / bf16 / int8 rows are the generic provisional ones (no TensorRT measurement
-        # exists). The --no-build ONNX is gated by the same rows when it runs in ONNX Runtime.
-        tolerance_profiles={"fp32": "fp32-tf32", "fp16": "fp16", "bf16": "bf16", "int8": "int8"},
+        # exists); fp8's row is measured on the fp8 ONNX in ONNX Runtime. The --no-build ONNX is gated by the same
+        # rows when it runs in ONNX Runtime.
+        tolerance_profiles={
+            "fp32": "fp32-tf32",
+            "fp16": "fp16",
+            "bf16": "bf16",
+            "int8": "int8",
+            "fp8": "fp8-tensorrt",
+        },
         validate=validate,
     )
 )

@@ -9,6 +9,8 @@ where TensorRT cannot be installed:
   precision, the tail and the GroupNorm statistics fp32, a Cast on every edge between them. bf16 needs opset 22
   (the first opset whose Conv and MatMul accept bfloat16); ONNX Runtime's CPU kernels have no bf16, so the bf16
   ONNX is checked structurally only.
+* **fp8** (TensorRT 11 on SM89+): the int8 graph below with every Q/DQ retyped to float8e4m3fn and rescaled to
+  amax / 448 (``converters/onnx_fp8.py``); opset 19.
 * **int8**: ONNX Runtime's static QDQ quantizer with TensorRT's rules: activations **int8 symmetric** (zero point
   0; TensorRT rejects any other zero point and uint8 activations), weights int8 symmetric per output channel,
   calibrated on real photos (the calibration package). The tail and the disparity head stay fp32, as for onnx.
@@ -55,7 +57,7 @@ TENSORRT_RELEASES = {
         name="11",
         label="TensorRT 11 (data-centre GPUs: A100 SM80, H100/H200 SM90)",
         max_opset=25,
-        precisions=("fp32", "fp16", "bf16", "int8"),
+        precisions=("fp32", "fp16", "bf16", "int8", "fp8"),
         why_not="",
         hardware_compatible=True,
     ),
@@ -65,7 +67,8 @@ TENSORRT_RELEASES = {
         max_opset=20,
         precisions=("fp32", "fp16", "int8"),
         why_not="bf16 needs ONNX opset 22 (bfloat16 Conv/MatMul) and the TensorRT 10.3 parser reads opsets <= 20; "
-        "use --precision fp16 on Orin",
+        "fp8 needs FP8 tensor cores (SM89+: Ada, Hopper), which Orin (SM87) lacks; "
+        "use --precision fp16 or int8 on Orin",
         hardware_compatible=False,  # hardware compatibility is for discrete GPUs only, not Jetson
     ),
 }
@@ -95,9 +98,10 @@ RESIZE_MODES = ("nearest", "linear")
 # Element types TensorRT reads (onnx.TensorProto enum values: FLOAT, UINT8, INT8, INT32, INT64, BOOL, FLOAT16,
 # BFLOAT16); int8 only as the quantized side of Q/DQ.
 TENSORRT_ELEM_TYPES = {1: "float32", 2: "uint8", 3: "int8", 6: "int32", 7: "int64", 9: "bool", 10: "float16",
-                       16: "bfloat16"}  # fmt: skip
+                       16: "bfloat16", 17: "float8e4m3fn"}  # fmt: skip
 FLOAT_TYPES_BY_PRECISION = {"fp32": {"float32"}, "fp16": {"float32", "float16"}, "bf16": {"float32", "bfloat16"},
-                            "int8": {"float32"}}  # fmt: skip
+                            "int8": {"float32"}, "fp8": {"float32"}}  # fmt: skip
+QUANTIZED_TYPE = {"int8": "int8", "fp8": "float8e4m3fn"}  # the Q/DQ zero-point (quantized) type per precision
 
 
 # ---- building -------------------------------------------------------------------------------------------------
@@ -210,11 +214,12 @@ def check_tensorrt_ready(onnx_path: Path, precision: str, release: str = DEFAULT
         problems.append(f"a {precision} model with no {precision} tensor")
 
     qdq = {"QuantizeLinear": op_types.get("QuantizeLinear", 0), "DequantizeLinear": op_types.get("DequantizeLinear", 0)}
-    if precision == "int8":
+    if precision in QUANTIZED_TYPE:
+        wanted = QUANTIZED_TYPE[precision]
         zero_point_types, nonzero = _zero_points(graph)
         qdq["zero_point_types"] = dict(zero_point_types)
-        if set(zero_point_types) != {"int8"}:
-            problems.append(f"Q/DQ zero points must be int8 for TensorRT, found {dict(zero_point_types)}")
+        if set(zero_point_types) != {wanted}:
+            problems.append(f"Q/DQ zero points must be {wanted} for {precision}, found {dict(zero_point_types)}")
         if nonzero:
             problems.append(f"Q/DQ zero points must be 0 for TensorRT: {nonzero[:5]} ({len(nonzero)} nodes)")
         producers = {out: node.op_type for node in graph.node for out in node.output}
@@ -225,7 +230,7 @@ def check_tensorrt_ready(onnx_path: Path, precision: str, release: str = DEFAULT
         )
         qdq["quantized_consumers"] = dict(quantized)
         if not quantized:
-            problems.append("an int8 model with no quantized Conv/MatMul input")
+            problems.append(f"an {precision} model with no quantized Conv/MatMul input")
     elif qdq["QuantizeLinear"] or qdq["DequantizeLinear"]:
         problems.append(f"Q/DQ nodes in a {precision} model")
     del model, graph

@@ -9,6 +9,7 @@ downstream stage (unprojection, PLY, rendering, parity) takes the same type from
 from __future__ import annotations
 
 import abc
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,16 @@ import torch
 from sharp_export.artifact import IOSpec, Manifest, check_file_sizes, read_manifest
 from sharp_export.errors import UserInputError
 from sharp_export.reference.gaussians import GAUSSIAN_FIELDS, Gaussians3D
+
+
+def omp_threads() -> int | None:
+    """OMP_NUM_THREADS when set to a positive integer, else None.
+
+    torch reads it itself; ONNX Runtime and OpenVINO do not, so their runners pass it on: one variable bounds every
+    runtime's thread pool (a CPU job sharing its cores with other work sets it once).
+    """
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else None
 
 
 def _as_numpy(value: Any, name: str) -> np.ndarray:

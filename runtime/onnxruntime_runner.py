@@ -10,7 +10,7 @@ import numpy as np
 from sharp_export.artifact import IOSpec, Manifest
 from sharp_export.errors import MissingDependencyError, UserInputError
 from sharp_export.reference.gaussians import Gaussians3D
-from sharp_export.runtime.base import Runner, outputs_to_gaussians
+from sharp_export.runtime.base import Runner, omp_threads, outputs_to_gaussians
 
 
 class OnnxRuntimeRunner(Runner):
@@ -24,8 +24,8 @@ class OnnxRuntimeRunner(Runner):
     ):
         super().__init__(io, device)
         self.model_path = Path(model_path)
-        # Default: every core. ORT's own default can pick fewer on shared machines.
-        self.intra_op_threads = intra_op_threads or os.cpu_count() or 1
+        # Default: OMP_NUM_THREADS when set, else every core (ORT's own default can pick fewer on shared machines).
+        self.intra_op_threads = intra_op_threads or omp_threads() or os.cpu_count() or 1
         # Off by default: on the full model (activations up to 1.2 GB each) ORT's CPU arena keeps freed blocks
         # and raised peak RSS from 6.6 GB (arena off) to 10.8 GB (arena on), above torch eager's 8.5 GB.
         self.cpu_memory_arena = cpu_memory_arena

@@ -33,7 +33,7 @@ from sharp_export.errors import ParityError, TargetUnavailableError, UserInputEr
 from sharp_export.progress import Stages, echo, peak_rss_gb
 from sharp_export.reference.gaussians import Gaussians3D
 from sharp_export.samples import example_inputs
-from sharp_export.targets import Target, get_target
+from sharp_export.targets import CALIBRATED_PRECISIONS, Target, get_target
 
 PARITY_NAME = "parity.json"
 DYNAMIC_EXAMPLE_BATCH = 2  # torch.export specialises a dimension whose example size is 0 or 1
@@ -67,9 +67,9 @@ def validate_request(target: Target, request: ExportRequest) -> None:
         raise UserInputError(f"target '{name}' does not support --dynamic-batch", fix="export a fixed batch of 1")
     if request.calib_data is not None and not target.supports_calibration:
         raise UserInputError(f"target '{name}' takes no calibration data", fix="drop --calib-data")
-    if request.precision == "int8" and request.calib_data is None:
+    if request.precision in CALIBRATED_PRECISIONS and request.calib_data is None:
         raise UserInputError(
-            "int8 needs calibration images; there is no random fallback",
+            f"{request.precision} needs calibration images; there is no random fallback",
             fix="pass --calib-data DIR with photos like those you will run, or --calib-data samples for the "
             "bundled scikit-image sample photos",
         )

@@ -24,7 +24,8 @@ if TYPE_CHECKING:
     from sharp_export.contract import ExportRequest
 
 # Every precision name a target row may list; what each target really offers is its own row.
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
+CALIBRATED_PRECISIONS = ("int8", "fp8")  # need --calib-data: activation ranges come from real photos
 
 
 @dataclass(frozen=True)
@@ -87,9 +88,11 @@ class Target:
             raise ValueError(
                 f"target {self.name!r}: default precision {self.default_precision!r} not in {self.precisions}"
             )
-        if "int8" in self.precisions and not self.supports_calibration:
+        calibrated = [p for p in self.precisions if p in CALIBRATED_PRECISIONS]
+        if calibrated and not self.supports_calibration:
             raise ValueError(
-                f"target {self.name!r}: int8 needs supports_calibration=True (calibration data is required)"
+                f"target {self.name!r}: {'/'.join(calibrated)} needs supports_calibration=True "
+                "(calibration data is required)"
             )
         names = [o.name for o in self.options]
         if len(set(names)) != len(names):

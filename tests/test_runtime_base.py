@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -83,3 +85,17 @@ def test_open_runner_unknown_target(tmp_path):
     _fake_artifact(tmp_path, target="from-the-future")
     with pytest.raises(UserInputError, match="unknown target 'from-the-future'"):
         open_runner(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "value, expected", [("3", 3), (" 2 ", 2), ("0", None), ("-1", None), ("two", None), ("", None)]
+)
+def test_omp_threads_bounds_the_runtimes_pools(monkeypatch, value, expected):
+    from sharp_export.runtime.base import omp_threads
+
+    monkeypatch.setenv("OMP_NUM_THREADS", value)
+    assert omp_threads() == expected
+    if expected is not None and importlib.util.find_spec("onnxruntime") is not None:
+        from sharp_export.runtime.onnxruntime_runner import OnnxRuntimeRunner
+
+        assert OnnxRuntimeRunner(Path("unused.onnx"), raw_io_spec(384, 1)).intra_op_threads == expected
