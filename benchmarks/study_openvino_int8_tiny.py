@@ -11,7 +11,8 @@ p99 / max per metric against torch fp32 (raw space). Each NNCF variant is the on
 OpenVINO and quantized by ``nncf.quantize`` with the named preset, model type and float modules; the shipped row
 is the onnx target's int8 ONNX read by OpenVINO. Each runs in OpenVINO CPU with the f32 hint (and, for reference,
 with the bf16 hint for the ops left float).
-Writes benchmarks/results/openvino_int8_study_tiny.json. About 2 minutes on 2 cores.
+Needs `pip install nncf` (not a project dependency). Writes benchmarks/results/openvino_int8_study_tiny.json.
+About 2 minutes on 2 cores.
 """
 
 from __future__ import annotations

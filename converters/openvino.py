@@ -1,10 +1,10 @@
 """The OpenVINO target: the fast CPU path. ONNX (the onnx target's own export) -> OpenVINO IR (model.xml/.bin).
 
-Why this target exists (benchmarks/results/cpu_paths_full.json, full preset on the project's 2-core
-AVX-512 BF16 CPU): OpenVINO runs the fp32 IR in 134 s and with ``INFERENCE_PRECISION_HINT=bf16`` in 60 s,
-against 190 s for torch eager fp32 and 118 s for torch bf16 autocast in the same run.
+Why this target exists (benchmarks/results/cpu_paths_full_amx.json, full preset on a 2-core Xeon with AMX):
+OpenVINO runs the IR with ``INFERENCE_PRECISION_HINT=bf16`` in 14.1 s and the int8 IR in 16.6 s, against
+85.4 s for torch eager fp32 and 25.7 s for torch bf16 autocast in the same run.
 
-* The IR always stores fp32 weights (``save_model(compress_to_fp16=False)``): OpenVINO's default would
+* The fp32 / bf16 IR stores fp32 weights (``save_model(compress_to_fp16=False)``): OpenVINO's default would
   silently halve them. ``--precision bf16`` is an execution hint recorded in the manifest and applied by the
   runner when it compiles the model; the file is the same as for fp32.
 * Conversion goes through the ONNX file because ``ov.convert_model`` on the torch module took 17 minutes on

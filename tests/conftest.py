@@ -45,29 +45,54 @@ def official_ply_sha256() -> dict[str, str]:
     return {name: entry["sha256"] for name, entry in facts["official_ply"].items()}
 
 
+# torch.log on the CPU goes through MKL's vector math, whose code path depends on the CPU: on a Xeon with AMX,
+# 21,646 of the 221,184 log-scale values of out_640x480_seed0 come out 1 ULP away from the official PLY's, on an
+# AVX2-only AMD EPYC none did. MKL's conditional numerical reproducibility mode COMPATIBLE reproduces the official
+# bytes on that Xeon (measured: 0 values differ; also with SSE4_2 or AVX, not with AVX2 or AVX512). It is set only
+# in a child process: MKL reads it once, and in the test process it would slow every matmul down.
+MKL_REPRODUCIBLE = {"MKL_CBWR": "COMPATIBLE"}
+WRITE_PLY_CHILD = """
+import sys, numpy as np, torch
+from sharp_export.reference.gaussians import Gaussians3D, SceneMeta
+from sharp_export.reference.ply import save_ply
+data = np.load(sys.argv[1])
+fields = ("mean_vectors", "singular_values", "quaternions", "colors", "opacities")
+width, height = (int(v) for v in data["image_size_wh"])
+gaussians = Gaussians3D(*(torch.from_numpy(data[k]) for k in fields))
+save_ply(gaussians, SceneMeta(float(data["f_px"]), width, height), sys.argv[2])
+"""
+
+
+def write_ply_reproducibly(npz: Path, target: Path) -> Path:
+    """Our official-format writer on the golden arrays ``npz``, in a child with MKL's reproducible code path."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, **MKL_REPRODUCIBLE}
+    subprocess.run([sys.executable, "-c", WRITE_PLY_CHILD, str(npz), str(target)], check=True, env=env)
+    return target
+
+
+@pytest.fixture(scope="session")
+def reproducible_ply_writer():
+    """write_ply_reproducibly(npz, target): the writer with MKL's reproducible code path, in a child process."""
+    return write_ply_reproducibly
+
+
 @pytest.fixture(scope="session")
 def official_ply(golden_dir, official_ply_sha256, tmp_path_factory):
     """name ("perturbed" / "seed0") -> path of out_640x480_{name}.ply as ml-sharp wrote it.
 
-    The file is rebuilt by our writer from the golden arrays and used only after its sha256 has been checked
-    against the official PLY's, so its bytes are the official bytes.
+    The file is rebuilt by our writer from the golden arrays (with MKL's reproducible code path, see
+    MKL_REPRODUCIBLE) and used only after its sha256 has been checked against the official PLY's, so its bytes
+    are the official bytes.
     """
-    import numpy as np
-    import torch
-
-    from sharp_export.reference.gaussians import Gaussians3D, SceneMeta
-    from sharp_export.reference.ply import save_ply
-
-    fields = ("mean_vectors", "singular_values", "quaternions", "colors", "opacities")
     made: dict[str, Path] = {}
 
     def make(name: str) -> Path:
         if name not in made:
-            data = np.load(golden_dir / f"out_640x480_{name}.npz")
-            width, height = (int(v) for v in data["image_size_wh"])
-            gaussians = Gaussians3D(*(torch.from_numpy(data[k]) for k in fields))
             target = tmp_path_factory.mktemp(f"official_ply_{name}") / f"out_640x480_{name}.ply"
-            save_ply(gaussians, SceneMeta(float(data["f_px"]), width, height), target)
+            write_ply_reproducibly(golden_dir / f"out_640x480_{name}.npz", target)
             if hashlib.sha256(target.read_bytes()).hexdigest() != official_ply_sha256[target.name]:
                 pytest.fail(f"our writer no longer reproduces the official {target.name} (sha256 differs)")
             made[name] = target

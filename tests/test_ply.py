@@ -53,10 +53,22 @@ def covariance(quaternions, scales) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("name", ["seed0", "perturbed"])
-def test_official_ply_is_byte_identical(golden_dir, official_ply_sha256, tmp_path, name):
+def test_official_ply_is_byte_identical(
+    golden_dir, official_ply_sha256, official_ply, reproducible_ply_writer, tmp_path, name
+):
+    # With MKL's reproducible code path (conftest.MKL_REPRODUCIBLE), in a child process: the official bytes.
+    reproducible = reproducible_ply_writer(golden_dir / f"out_640x480_{name}.npz", tmp_path / "reproducible.ply")
+    assert hashlib.sha256(reproducible.read_bytes()).hexdigest() == official_ply_sha256[f"out_640x480_{name}.ply"]
+    # In this process (MKL's default, CPU-dependent code path): every byte equal except the values that go
+    # through torch.log (opacity logits, log scales), which may differ by 1 ULP (measured on a Xeon with AMX:
+    # 21,646 of seed0's 221,184 log scales; none on an AVX2-only AMD EPYC).
     gaussians, meta = golden(golden_dir, name)
-    target = save_ply(gaussians, meta, tmp_path / "scene.ply")
-    assert hashlib.sha256(target.read_bytes()).hexdigest() == official_ply_sha256[f"out_640x480_{name}.ply"]
+    header, ours, extras = split_ply(save_ply(gaussians, meta, tmp_path / "scene.ply").read_bytes())
+    gold_header, gold, gold_extras = split_ply(official_ply(name).read_bytes())
+    assert header == gold_header and extras == gold_extras
+    assert np.array_equal(ours[:, :6], gold[:, :6]) and np.array_equal(ours[:, 10:], gold[:, 10:])
+    ulps = np.abs(ours[:, 6:10].view(np.int32) - gold[:, 6:10].view(np.int32))
+    assert ulps.max() <= 1
 
 
 @pytest.mark.parametrize("name", ["seed0", "perturbed"])
@@ -67,7 +79,10 @@ def test_pipeline_ply_matches_golden(golden_dir, official_ply, tmp_path, name):
     gold_header, gold, gold_extras = split_ply(official_ply(name).read_bytes())
     assert header == gold_header
     assert extras == gold_extras  # disparity quantiles come from the bit-identical means
-    assert np.array_equal(ours[:, :7], gold[:, :7])  # xyz, f_dc, opacity: same inputs, same float32 ops
+    assert np.array_equal(ours[:, :6], gold[:, :6])  # xyz, f_dc: same inputs, same float32 ops
+    # Opacity logits go through torch.log, whose MKL code path depends on the CPU (conftest.MKL_REPRODUCIBLE):
+    # measured 6,626 of 73,728 perturbed values 1 ULP away on a Xeon with AMX, none with MKL_CBWR=COMPATIBLE.
+    assert np.abs(ours[:, 6].view(np.int32) - gold[:, 6].view(np.int32)).max() <= 1
     np.testing.assert_allclose(ours[:, 7:10], gold[:, 7:10], rtol=0, atol=2e-6)  # log scales: measured 9.5e-7
     error = covariance(ours[:, 10:], np.exp(ours[:, 7:10])) - covariance(gold[:, 10:], np.exp(gold[:, 7:10]))
     assert error.abs().max().item() < 1e-6  # metric covariances (entries up to ~1.1): measured 3.9e-7
