@@ -43,7 +43,7 @@ CALIB_SIZE_OPTION = TargetOption(
     "calib_size",
     int,
     None,
-    "number of --calib-data images int8 calibrates on, evenly spaced over the sorted files "
+    "number of --calib-data images int8 / fp8 calibrate on, evenly spaced over the sorted files "
     "(default: 8, or all when fewer)",
 )
 

@@ -146,7 +146,7 @@ def make_target_command(target: Target) -> click.Command:
                     "--calib-data",
                     type=click.Path(path_type=Path),
                     default=None,
-                    help="Calibration photos for int8: a folder (searched recursively), or 'samples' for the "
+                    help="Calibration photos for int8 / fp8: a folder (searched recursively), or 'samples' for the "
                     "bundled scikit-image photos.",
                 )
             ]
