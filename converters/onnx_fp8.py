@@ -67,7 +67,7 @@ def int8_qdq_to_fp8(int8_path: Path, fp32_path: Path, out_path: Path, *, externa
     from onnx import numpy_helper
     from onnx.external_data_helper import load_external_data_for_model
 
-    from sharp_export.converters.onnx_quantize import _save, raise_opset
+    from sharp_export.converters.onnx_quantize import raise_opset, save_onnx
 
     start = time.perf_counter()
     model = onnx.load(str(int8_path), load_external_data=False)
@@ -126,7 +126,7 @@ def int8_qdq_to_fp8(int8_path: Path, fp32_path: Path, out_path: Path, *, externa
     for value in graph.value_info:  # the quantized tensors' declared type follows the zero points
         if value.type.tensor_type.elem_type == onnx.TensorProto.INT8:
             value.type.tensor_type.elem_type = FLOAT8E4M3FN
-    _save(model, out_path, external_data)
+    save_onnx(model, out_path, external_data)
     del model, graph, inits, replacements
     seconds = time.perf_counter() - start
     echo(

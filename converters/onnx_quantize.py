@@ -653,7 +653,8 @@ def _file_bytes(folder: Path) -> dict[str, int]:
     return {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.name.startswith("model")}
 
 
-def _save(model: onnx.ModelProto, path: Path, external_data: bool) -> None:
+def save_onnx(model: onnx.ModelProto, path: Path, external_data: bool) -> None:
+    """Save ``model``; with ``external_data`` every weight goes into one ``<name>.data`` file beside it."""
     import onnx
 
     if external_data:
@@ -722,7 +723,7 @@ def write_half(fp32_path: Path, out_path: Path, external_data: bool, half: str =
     opset = raise_opset(model, BF16_MIN_OPSET, "bf16") if half == "bf16" else None
     load_external_data_for_model(model, str(fp32_path.parent))
     report = convert_fp16(model, half=half)
-    _save(model, out_path, external_data)
+    save_onnx(model, out_path, external_data)
     del model
     seconds = time.perf_counter() - start
     echo(
