@@ -745,6 +745,7 @@ def reduce_precision(
     external_data: bool,
     calibration: CalibrationSet | None = None,
     int8_rules: str = "onnxruntime",
+    quantizer: str = "ort",
 ) -> dict[str, Any]:
     """fp32 ONNX in ``fp32_dir`` -> the ``precision`` artifact in ``workdir``, checked; returns manifest details.
 
@@ -753,6 +754,8 @@ def reduce_precision(
     ``int8_rules``: "onnxruntime" (uint8 asymmetric activations, int32 biases: ONNX Runtime's fastest CPU kernels)
     or "tensorrt" (int8 symmetric activations and fp32 biases: TensorRT's DequantizeLinear reads int8 / fp8 / int4
     with zero point 0 only).
+    ``quantizer``: who places int8 / fp8 Q/DQ for the tensorrt rules: "ort" (ONNX Runtime's quantizer, below) or
+    "modelopt" (NVIDIA ModelOpt's ONNX PTQ, ``converters/onnx_modelopt.py``).
     """
     import onnx
 
@@ -762,8 +765,27 @@ def reduce_precision(
     fp32_path = fp32_dir / MODEL_FILE
     out_path = workdir / MODEL_FILE
     fp32_bytes = _file_bytes(fp32_dir)
+    if quantizer not in ("ort", "modelopt"):
+        raise ConversionError(f"quantizer must be ort or modelopt, not {quantizer!r}")
+    if quantizer == "modelopt" and (precision not in ("int8", "fp8") or int8_rules != "tensorrt"):
+        raise ConversionError("the ModelOpt quantizer serves the tensorrt target's int8 and fp8 only")
     if precision in HALF_TYPES:
         details = write_half(fp32_path, out_path, external_data, precision)
+    elif quantizer == "modelopt":
+        if calibration is None:
+            raise ConversionError(f"{precision} needs a calibration set")
+        from sharp_export.converters.onnx_modelopt import quantize_with_modelopt
+
+        details = quantize_with_modelopt(
+            precision,
+            fp32_path,
+            out_path,
+            calibration,
+            external_data=external_data,
+            excluded_modules=TENSORRT_INT8_EXCLUDED_MODULES,
+        )
+        details["int8_rules"] = int8_rules
+        details["calibration"] = calibration.describe()
     elif precision == "int8":
         if calibration is None:
             raise ConversionError("int8 needs a calibration set")
@@ -814,6 +836,8 @@ def reduce_precision(
         details["calibration"] = calibration.describe()
     else:
         raise ConversionError(f"no reduced-precision step for {precision!r}")
+    if precision in ("int8", "fp8"):
+        details.setdefault("quantizer", "ort")
     written = sorted(_file_bytes(workdir))
     expected = sorted([MODEL_FILE] + ([MODEL_FILE + ".data"] if external_data else []))
     if written != expected:

@@ -34,6 +34,8 @@ from sharp_export.converters.onnx import (
     validate_opset,
 )
 from sharp_export.converters.onnx import check_environment as check_onnx_environment
+from sharp_export.converters.onnx_modelopt import INSTALL_HINT as MODELOPT_INSTALL_HINT
+from sharp_export.converters.onnx_modelopt import MODELOPT_PRECISIONS, QUANTIZERS, check_modelopt
 from sharp_export.converters.tensorrt_ready import (
     DEFAULT_RELEASE,
     TENSORRT_RELEASES,
@@ -86,7 +88,10 @@ def builds_plan(options: Any) -> bool:
 
 
 def check_export_environment(request: ExportRequest) -> str | None:
-    return check_environment() if builds_plan(request.options) else check_onnx_environment()
+    reason = check_environment() if builds_plan(request.options) else check_onnx_environment()
+    if reason is None and request.options.get("quantizer", "ort") == "modelopt":
+        return check_modelopt()
+    return reason
 
 
 def is_plan_artifact(manifest: Manifest) -> bool:
@@ -189,6 +194,11 @@ def validate(request: ExportRequest) -> None:
             f"--opset {options['opset']} is above {release.max_opset}, the highest the {release.label} parser reads",
             fix=f"use --opset {DEFAULT_OPSET}",
         )
+    if options.get("quantizer", "ort") == "modelopt" and request.precision not in MODELOPT_PRECISIONS:
+        raise UserInputError(
+            f"--quantizer modelopt applies to --precision {' or '.join(MODELOPT_PRECISIONS)}, not {request.precision}",
+            fix="drop --quantizer",
+        )
     if float(options.get("workspace_gb", 8.0)) <= 0:
         raise UserInputError("--workspace-gb must be positive")
     if int(options.get("optimization_level", 3)) not in OPTIMIZATION_LEVELS:
@@ -254,7 +264,16 @@ def convert(ctx: ConvertContext) -> ConvertResult:
     )
     if precision != "fp32":
         onnx_dir.mkdir(parents=True, exist_ok=True)
-        details.update(write_tensorrt_ready_onnx(precision, fp32_dir, onnx_dir, ctx.io, calibration=calibration))
+        details.update(
+            write_tensorrt_ready_onnx(
+                precision,
+                fp32_dir,
+                onnx_dir,
+                ctx.io,
+                calibration=calibration,
+                quantizer=options.get("quantizer", "ort"),
+            )
+        )
         shutil.rmtree(fp32_dir)
     onnx_path = onnx_dir / MODEL_FILE
     echo(f"    checking the ONNX against the {TENSORRT_RELEASES[release].label} parser")
@@ -375,6 +394,14 @@ TENSORRT_TARGET = register_target(
                 "max_batch", int, DEFAULT_MAX_BATCH, "largest batch of the --dynamic-batch profile (min 1, opt 1)"
             ),
             CALIB_SIZE_OPTION,
+            TargetOption(
+                "quantizer",
+                str,
+                "ort",
+                "who places the int8 / fp8 Q/DQ: ort (ONNX Runtime's quantizer with TensorRT's rules) or modelopt "
+                f"(NVIDIA ModelOpt ONNX PTQ, {MODELOPT_INSTALL_HINT})",
+                choices=QUANTIZERS,
+            ),
             TargetOption("keep_onnx", bool, False, "keep the TensorRT-ready ONNX in the built artifact (onnx/)"),
         ),
         check_environment=check_environment,

@@ -14,6 +14,8 @@ where TensorRT cannot be installed:
 * **int8**: ONNX Runtime's static QDQ quantizer with TensorRT's rules: activations **int8 symmetric** (zero point
   0; TensorRT rejects any other zero point and uint8 activations), weights int8 symmetric per output channel,
   calibrated on real photos (the calibration package). The tail and the disparity head stay fp32, as for onnx.
+* **--quantizer modelopt** (int8, fp8): NVIDIA ModelOpt's ONNX PTQ places the Q/DQ instead, same calibration
+  photos and float modules (``converters/onnx_modelopt.py``); opset 19.
 * **static checks** (:func:`check_tensorrt_ready`): the declared opset against the TensorRT release's parser,
   every op type against the parser's operator list, the parser's documented restrictions that can be checked on
   a graph (constant ``axes``, pooling dilations, Resize modes), the element types present, the Q/DQ zero points,
@@ -108,13 +110,23 @@ QUANTIZED_TYPE = {"int8": "int8", "fp8": "float8e4m3fn"}  # the Q/DQ zero-point 
 
 
 def write_tensorrt_ready_onnx(
-    precision: str, fp32_dir: Path, out_dir: Path, io: IOSpec, *, calibration: Any = None
+    precision: str, fp32_dir: Path, out_dir: Path, io: IOSpec, *, calibration: Any = None, quantizer: str = "ort"
 ) -> dict[str, Any]:
-    """The ``precision`` TensorRT-ready ONNX in ``out_dir`` from the fp32 export in ``fp32_dir`` (external data)."""
+    """The ``precision`` TensorRT-ready ONNX in ``out_dir`` from the fp32 export in ``fp32_dir`` (external data).
+
+    ``quantizer`` (int8 / fp8): "ort" (ONNX Runtime's quantizer with TensorRT's rules) or "modelopt".
+    """
     from sharp_export.converters.onnx_quantize import reduce_precision
 
     return reduce_precision(
-        precision, fp32_dir, out_dir, io, external_data=True, calibration=calibration, int8_rules="tensorrt"
+        precision,
+        fp32_dir,
+        out_dir,
+        io,
+        external_data=True,
+        calibration=calibration,
+        int8_rules="tensorrt",
+        quantizer=quantizer,
     )
 
 

@@ -173,6 +173,46 @@ def test_static_check_refuses_ops_outside_the_parser_list(tmp_path):
         check_tensorrt_ready(path, "fp32")
 
 
+@pytest.fixture(scope="module")
+def modelopt_artifacts(tmp_path_factory):
+    pytest.importorskip("modelopt.onnx.quantization", reason="pip install 'sharp-export[modelopt]'")
+    root = tmp_path_factory.mktemp("trt_modelopt")
+    return {p: export(root / p, p, quantizer="modelopt") for p in ("int8", "fp8")}
+
+
+@pytest.mark.parametrize(
+    ("precision", "quantized", "depth_p99_below"), [("int8", "int8", 4e-2), ("fp8", "float8e4m3fn", 1e-2)]
+)
+def test_modelopt_places_the_qdq_and_passes_parity(modelopt_artifacts, precision, quantized, depth_p99_below):
+    out = modelopt_artifacts[precision]
+    m = read_manifest(out)
+    assert m.conversion["quantizer"] == "modelopt" and m.conversion["modelopt_version"].startswith("0.47")
+    assert m.options["quantizer"] == "modelopt"
+    checks = m.conversion["tensorrt_ready"]
+    qdq = checks["qdq"]
+    assert checks["passed"] and checks["opset"] == 19  # ModelOpt declares 19 (float8 / per-channel Q/DQ)
+    assert qdq["zero_point_types"] == {quantized: qdq["QuantizeLinear"] + qdq["DequantizeLinear"]}
+    # dq_only: weights stored quantized behind a DequantizeLinear only, so there are more DQ than Q.
+    assert qdq["DequantizeLinear"] > qdq["QuantizeLinear"] > 40
+    assert qdq["quantized_consumers"]["MatMul"] > 40 and qdq["quantized_consumers"]["Conv"] > 30
+    assert m.conversion["size_vs_fp32"] < 0.4  # int8 0.254, fp8 0.366 on tiny (measured)
+    assert len(m.conversion["calibration"]["sha256"]) == 64
+    # Measured on the tiny golden pattern (modelopt_int8_study_tiny.json, VNNI/AMX Xeon): z rel err p99 int8 4.2e-3,
+    # fp8 1.1e-3. fp8's bound also tells it from the default fp8 rewrite (7.3e-2): ModelOpt really placed the Q/DQ.
+    assert m.parity["status"] == "passed"
+    rows = {r["metric"]: r for r in json.loads((out / "parity.json").read_text())["attributes"]}
+    assert rows["means_rel_depth"]["p99"] < depth_p99_below
+
+
+def test_modelopt_missing_names_the_extra(monkeypatch):
+    from sharp_export.converters import onnx_modelopt
+
+    monkeypatch.setitem(onnx_modelopt.REQUIREMENTS, "modelopt_not_here", "nvidia-modelopt")
+    reason = onnx_modelopt.check_modelopt()
+    assert reason.startswith("--quantizer modelopt: nvidia-modelopt not installed")
+    assert "pip install 'sharp-export[modelopt]'" in reason
+
+
 @pytest.mark.parametrize(
     ("precision", "options", "device", "message"),
     [
@@ -189,6 +229,7 @@ def test_static_check_refuses_ops_outside_the_parser_list(tmp_path):
             "--calib-size applies to --precision int8 or --precision fp8",
         ),
         ("fp8", {"trt_compat": "10.3", "build": False}, "cpu", "fp8 needs FP8 tensor cores"),
+        ("fp16", {"build": False, "quantizer": "modelopt"}, "cpu", "--quantizer modelopt applies to --precision int8"),
     ],
 )
 def test_option_combinations_are_refused_before_any_work(tmp_path, precision, options, device, message):
