@@ -306,6 +306,7 @@ class Candidate:
     parity_status: str  # the manifest's parity status ("reference" for the reference)
     manifest_sha256: str | None = None
     source: dict[str, Any] = field(default_factory=dict)  # weights: seed / checkpoint sha256 / label
+    options: dict[str, Any] = field(default_factory=dict)  # the manifest's options (some pick tolerance rows)
     rss_open_bytes: int = 0  # RSS growth while building / opening it
     passes: list[dict[str, float]] = field(default_factory=list)  # stage -> seconds, plus "total"
     pass_rss_peaks: list[int] = field(default_factory=list)  # bytes above the RSS at each pass's start
@@ -492,6 +493,7 @@ def _open_artifact(name: str, manifest: Any, device: str) -> Candidate:
         parity_status=str(manifest.parity.get("status", "unknown")),
         manifest_sha256=manifest_sha256(Path(name)),
         source={k: manifest.source.get(k) for k in ("seed", "checkpoint_sha256", "label")},
+        options=dict(manifest.options),
         rss_open_bytes=max(0, rss_bytes() - before),
     )
     echo(
@@ -746,7 +748,9 @@ def check_candidates(
     tolerances: dict[str, Any] = {}
     for candidate in artifacts:
         try:
-            tolerances[candidate.name] = load_tolerances(candidate.target, candidate.precision)
+            tolerances[candidate.name] = load_tolerances(
+                candidate.target, candidate.precision, options=candidate.options
+            )
             reports[candidate.name] = ParityReport(meta={"target": candidate.target, "precision": candidate.precision})
         except UserInputError as error:
             candidate.check = {"status": "error", "reason": error.one_line()}

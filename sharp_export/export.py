@@ -128,9 +128,9 @@ def default_parity_hook(
     """Run the fresh artifact through its own runner and gate it with the parity tolerance table."""
     from sharp_export.parity.compare import compare_gaussians
     from sharp_export.parity.report import ParityReport, format_table, to_json
-    from sharp_export.parity.tolerances import load_tolerances
+    from sharp_export.parity.tolerances import load_tolerances, profile_name
 
-    tolerances = load_tolerances(target.name, manifest.precision)
+    tolerances = load_tolerances(target.name, manifest.precision, options=manifest.options)
     with target.open_runner(artifact_dir, manifest, device) as runner:
         candidate = runner.infer(example.image.numpy(), example.disparity_factor.numpy())
         seconds = runner.last_inference_time_s
@@ -138,6 +138,7 @@ def default_parity_hook(
     meta = {
         "target": target.name,
         "precision": manifest.precision,
+        "tolerance_profile": profile_name(target.name, manifest.precision, manifest.options),
         "batch": example.batch,
         "device": device,
         "input": "golden pattern (export example input)",

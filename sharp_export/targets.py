@@ -63,6 +63,9 @@ class Target:
     # Parity tolerance rows per precision: precision -> profile name in sharp_export/parity/tolerances.py.
     # A precision not named here uses the profile of the same name ("fp16" -> "fp16").
     tolerance_profiles: Mapping[str, str] = field(default_factory=dict)
+    # Rows that depend on an option: (precision, option name, option value) -> profile name, e.g. openvino's
+    # ("int8", "float_ops", "bf16"). Looked up with the artifact's manifest options before ``tolerance_profiles``.
+    option_tolerance_profiles: Mapping[tuple[str, str, Any], str] = field(default_factory=dict)
     # Optional extra check of target-specific option combinations; raises UserInputError before any work.
     validate: ValidateFn | None = None
     # Optional parity check for targets whose artifacts cannot run here (Core ML off macOS); same signature as
@@ -105,9 +108,18 @@ class Target:
                     f"target {self.name!r}: no tolerance profile {self.tolerance_profile(precision)!r} for "
                     f"{precision}; known: {', '.join(PROFILES)}"
                 )
+        for (precision, option, _), profile in self.option_tolerance_profiles.items():
+            if precision not in self.precisions or option not in names or profile not in PROFILES:
+                raise ValueError(
+                    f"target {self.name!r}: option tolerance profile {profile!r} names precision {precision!r} "
+                    f"and option {option!r}; each must exist"
+                )
 
-    def tolerance_profile(self, precision: str) -> str:
-        """Name of the tolerance rows that gate this target at ``precision``."""
+    def tolerance_profile(self, precision: str, options: Mapping[str, Any] | None = None) -> str:
+        """Name of the tolerance rows that gate this target at ``precision`` (with an artifact's ``options``)."""
+        for (rows_precision, option, value), profile in self.option_tolerance_profiles.items():
+            if rows_precision == precision and options is not None and options.get(option) == value:
+                return profile
         return self.tolerance_profiles.get(precision, precision)
 
     def export_environment(self, request: ExportRequest) -> str | None:

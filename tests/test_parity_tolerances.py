@@ -27,8 +27,10 @@ def _offered() -> list[tuple[str, str]]:
 
 
 def test_every_offered_combination_is_complete_and_documented():
-    for target, precision in _offered():
-        table = load_tolerances(target, precision)
+    with_options = [(t.name, p, {option: value}) for t in all_targets()
+                    for (p, option, value) in t.option_tolerance_profiles]  # fmt: skip
+    for target, precision, options in [(t, p, None) for t, p in _offered()] + with_options:
+        table = load_tolerances(target, precision, options=options)
         assert set(table) == set(METRICS)
         for metric, tol in table.items():
             assert tol.value > 0 and tol.statistic in ("max", "p99")
@@ -38,6 +40,7 @@ def test_every_offered_combination_is_complete_and_documented():
 
 def test_every_profile_is_used_by_a_row():
     used = {t.tolerance_profile(p) for t in all_targets() for p in t.precisions} | set(REFERENCE_PROFILES.values())
+    used |= {profile for t in all_targets() for profile in t.option_tolerance_profiles.values()}
     from sharp_export.converters.coreml.target import WEIGHT_TOLERANCE_PROFILES
 
     used |= set(WEIGHT_TOLERANCE_PROFILES.values())  # Core ML --weights: the proxy names its profile

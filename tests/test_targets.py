@@ -40,6 +40,14 @@ def test_builtin_targets_are_registered_in_order():
     assert onnx.option("opset").default == 18 and onnx.option("opset").flag == "--opset"
 
 
+def test_an_option_can_pick_the_tolerance_rows():
+    openvino = get_target("openvino")
+    assert openvino.tolerance_profile("int8") == "int8-openvino"
+    assert openvino.tolerance_profile("int8", {"float_ops": "f32"}) == "int8-openvino"
+    assert openvino.tolerance_profile("int8", {"float_ops": "bf16"}) == "int8-bf16-openvino"
+    assert openvino.tolerance_profile("bf16", {"float_ops": "bf16"}) == "bf16-openvino"  # int8 rows only
+
+
 def test_registering_a_name_twice_is_an_error():
     register_target(_fake_target("twice"))
     try:
@@ -64,6 +72,7 @@ def test_unknown_target_names_the_known_ones():
         ({"default_precision": "fp16"}, "default precision"),
         ({"precisions": ("fp32", "int8")}, "int8 needs supports_calibration"),
         ({"options": (TargetOption("a", int, 1, "x"), TargetOption("a", int, 2, "y"))}, "duplicate option"),
+        ({"option_tolerance_profiles": {("fp32", "nope", True): "fp32"}}, "option 'nope'; each must exist"),
     ],
 )
 def test_inconsistent_rows_are_rejected(overrides, message):

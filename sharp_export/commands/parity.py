@@ -99,7 +99,7 @@ def command(
             fix="drop --preset; parity uses the artifact's own preset",
         )
     check_report_path(report, force)
-    tols = load_tolerances(manifest.target, manifest.precision, tolerances)
+    tols = load_tolerances(manifest.target, manifest.precision, tolerances, options=manifest.options)
     lpips_model = load_lpips(lpips_weights) if poses else None
     if poses and lpips_model is None:
         echo(lpips_status(lpips_weights).message() + "; the view gate uses PSNR and SSIM only")
