@@ -122,8 +122,6 @@ def quantize_with_modelopt(
         )
         # Re-saved so the artifact has exactly model.onnx (+ model.onnx.data), whatever ModelOpt named its data.
         save_onnx(onnx.load(str(scratch / "model.onnx")), out_path, external_data)
-    except ConversionError:
-        raise
     except Exception as error:  # ModelOpt's own failures: one line, the cause chained for --verbose
         first = (str(error).strip().splitlines() or [""])[0][:300]
         raise ConversionError(f"ModelOpt {precision} quantization failed: {type(error).__name__}: {first}") from error
