@@ -765,16 +765,18 @@ def reduce_precision(
     fp32_path = fp32_dir / MODEL_FILE
     out_path = workdir / MODEL_FILE
     fp32_bytes = _file_bytes(fp32_dir)
-    if quantizer not in ("ort", "modelopt"):
-        raise ConversionError(f"quantizer must be ort or modelopt, not {quantizer!r}")
-    if quantizer == "modelopt" and (precision not in ("int8", "fp8") or int8_rules != "tensorrt"):
+    from sharp_export.converters.onnx_modelopt import MODELOPT_PRECISIONS, QUANTIZERS
+
+    if quantizer not in QUANTIZERS:
+        raise ConversionError(f"quantizer must be one of {', '.join(QUANTIZERS)}, not {quantizer!r}")
+    if quantizer == "modelopt" and (precision not in MODELOPT_PRECISIONS or int8_rules != "tensorrt"):
         raise ConversionError("the ModelOpt quantizer serves the tensorrt target's int8 and fp8 only")
     if precision in HALF_TYPES:
         details = write_half(fp32_path, out_path, external_data, precision)
     elif quantizer == "modelopt":
         if calibration is None:
             raise ConversionError(f"{precision} needs a calibration set")
-        from sharp_export.converters.onnx_modelopt import quantize_with_modelopt
+        from sharp_export.converters.onnx_modelopt import quantize_with_modelopt  # ModelOpt is imported in there
 
         details = quantize_with_modelopt(
             precision,
