@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmark scripts: machine info, JSON output, child-process peak RSS."""
+"""Helpers shared by the benchmark scripts: machine info, JSON output, child-process peak RSS, tiny int8 setup."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import os
 import platform
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -58,3 +60,45 @@ def run_child(code: str) -> dict:
     """Run ``code`` in a fresh Python process (so peak RSS is its own); it must print one JSON line last."""
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+WEIGHTS_TINY = Path(__file__).resolve().parents[1] / "tests" / "data" / "golden_tiny" / "weights_perturbed.safetensors"
+
+
+@dataclass
+class TinyPattern:
+    """The int8 studies' common ground: the tiny preset with the golden perturbed weights, the golden pattern and
+    its torch fp32 Gaussians, and the calibration set of the bundled sample photos."""
+
+    example: Any  # ExampleInputs: image [1, 3, 384, 384], disparity_factor [1]
+    reference: Any  # Gaussians3D, torch fp32 on the pattern
+    calibration: Any  # CalibrationSet of the 5 sample photos
+    io: Any  # IOSpec of a batch-1 tiny ONNX
+
+    def score_onnx(self, path: Path) -> dict:
+        """p99 and max of every attribute metric, the ONNX at ``path`` in ONNX Runtime CPU against torch fp32."""
+        from sharp_export.parity.compare import compare_gaussians
+        from sharp_export.parity.tolerances import PROFILES
+        from sharp_export.runtime.onnxruntime_runner import OnnxRuntimeRunner
+
+        with OnnxRuntimeRunner(path, self.io) as runner:
+            candidate = runner.infer(self.example.image, self.example.disparity_factor)
+        found = compare_gaussians(self.reference, candidate, dict(PROFILES["int8"]), space="raw")
+        return {
+            "p99": {r.metric: round(float(r.p99), 5) for r in found},
+            "max": {r.metric: round(float(r.max), 5) for r in found},
+        }
+
+
+def tiny_pattern() -> TinyPattern:
+    from sharp_export.artifact import raw_io_spec
+    from sharp_export.calibration.dataset import load_calibration_set
+    from sharp_export.reference.checkpoint import build_model
+    from sharp_export.reference.gaussians import Gaussians3D
+    from sharp_export.samples import example_inputs
+
+    model = build_model("tiny", WEIGHTS_TINY).model.eval()
+    example = example_inputs(384, 1)
+    with torch.no_grad():
+        reference = Gaussians3D(*model(example.image, example.disparity_factor))
+    return TinyPattern(example, reference, load_calibration_set("samples", 384, None), raw_io_spec(384, 1))

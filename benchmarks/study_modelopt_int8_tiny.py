@@ -26,27 +26,18 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import save  # noqa: E402
+from common import WEIGHTS_TINY, save, tiny_pattern  # noqa: E402
 
-from sharp_export.artifact import raw_io_spec  # noqa: E402
-from sharp_export.calibration.dataset import load_calibration_set  # noqa: E402
 from sharp_export.contract import ExportRequest  # noqa: E402
 from sharp_export.converters.onnx_fp8 import int8_qdq_to_fp8  # noqa: E402
 from sharp_export.converters.onnx_quantize import (  # noqa: E402
     TENSORRT_INT8_EXCLUDED_MODULES,
+    TENSORRT_INT8_OPTIONS,
     excluded_nodes,
     quantize_int8,
 )
 from sharp_export.converters.tensorrt_ready import check_tensorrt_ready  # noqa: E402
 from sharp_export.export import run_export  # noqa: E402
-from sharp_export.parity.compare import compare_gaussians  # noqa: E402
-from sharp_export.parity.tolerances import PROFILES  # noqa: E402
-from sharp_export.reference.checkpoint import build_model  # noqa: E402
-from sharp_export.reference.gaussians import Gaussians3D  # noqa: E402
-from sharp_export.runtime.onnxruntime_runner import OnnxRuntimeRunner  # noqa: E402
-from sharp_export.samples import example_inputs  # noqa: E402
-
-WEIGHTS = Path(__file__).resolve().parents[1] / "tests" / "data" / "golden_tiny" / "weights_perturbed.safetensors"
 
 
 def graph_summary(path: Path) -> dict:
@@ -77,21 +68,13 @@ def main() -> None:
     import modelopt
     from modelopt.onnx.quantization import quantize as modelopt_quantize
 
-    model = build_model("tiny", WEIGHTS).model.eval()
-    example = example_inputs(384, 1)
-    with torch.no_grad():
-        reference = Gaussians3D(*model(example.image, example.disparity_factor))
-    calibration = load_calibration_set("samples", 384, None)
-    io = raw_io_spec(384, 1)
+    pattern = tiny_pattern()
+    calibration = pattern.calibration
     results: dict = {}
 
     def score(name: str, path: Path, seconds: float, extra: dict, precision: str = "int8") -> None:
-        with OnnxRuntimeRunner(path, io) as runner:
-            candidate = runner.infer(example.image, example.disparity_factor)
-        found = compare_gaussians(reference, candidate, dict(PROFILES["int8"]), space="raw")
         results[name] = {
-            "p99": {r.metric: round(float(r.p99), 5) for r in found},
-            "max": {r.metric: round(float(r.max), 5) for r in found},
+            **pattern.score_onnx(path),
             "quantize_s": round(seconds, 1),
             "graph": graph_summary(path),
             "tensorrt_static_checks": static_checks(path, precision),
@@ -101,18 +84,13 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        run_export(ExportRequest(target="onnx", output=tmp / "fp32", preset="tiny", checkpoint=WEIGHTS, parity=False))
+        run_export(
+            ExportRequest(target="onnx", output=tmp / "fp32", preset="tiny", checkpoint=WEIGHTS_TINY, parity=False)
+        )
         fp32 = tmp / "fp32" / "model.onnx"
 
         start = time.perf_counter()
-        quantize_int8(
-            fp32,
-            tmp / "shipped.onnx",
-            calibration,
-            activations="int8",
-            excluded_modules=TENSORRT_INT8_EXCLUDED_MODULES,
-            extra_options={"QuantizeBias": False},
-        )
+        quantize_int8(fp32, tmp / "shipped.onnx", calibration, **TENSORRT_INT8_OPTIONS)
         score("shipped: ORT quantizer, TensorRT rules, Gaussian heads fp32", tmp / "shipped.onnx",
               time.perf_counter() - start, {})  # fmt: skip
         int8_qdq_to_fp8(tmp / "shipped.onnx", fp32, tmp / "shipped_fp8.onnx", external_data=False)

@@ -18,28 +18,18 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import save  # noqa: E402
+from common import WEIGHTS_TINY, save, tiny_pattern  # noqa: E402
 
-from sharp_export.artifact import raw_io_spec  # noqa: E402
-from sharp_export.calibration.dataset import load_calibration_set  # noqa: E402
 from sharp_export.contract import ExportRequest  # noqa: E402
 from sharp_export.converters.onnx_quantize import (  # noqa: E402
     INT8_EXCLUDED_MODULES,
     TENSORRT_INT8_EXCLUDED_MODULES,
+    TENSORRT_INT8_OPTIONS,
     quantize_int8,
 )
 from sharp_export.export import run_export  # noqa: E402
-from sharp_export.parity.compare import compare_gaussians  # noqa: E402
-from sharp_export.parity.tolerances import PROFILES  # noqa: E402
-from sharp_export.reference.checkpoint import build_model  # noqa: E402
-from sharp_export.reference.gaussians import Gaussians3D  # noqa: E402
-from sharp_export.runtime.onnxruntime_runner import OnnxRuntimeRunner  # noqa: E402
-from sharp_export.samples import example_inputs  # noqa: E402
 
-WEIGHTS = Path(__file__).resolve().parents[1] / "tests" / "data" / "golden_tiny" / "weights_perturbed.safetensors"
 TRT = {"activations": "int8", "extra_options": {"QuantizeBias": False}}
 CONFIGS = {
     "onnxruntime_rules_uint8_asymmetric": {"activations": "uint8", "excluded_modules": INT8_EXCLUDED_MODULES},
@@ -49,11 +39,11 @@ CONFIGS = {
         **TRT,
         "excluded_modules": INT8_EXCLUDED_MODULES + ("prediction_head",),
     },
-    "tensorrt_rules_minmax_gaussian_heads_fp32 (shipped)": {**TRT, "excluded_modules": TENSORRT_INT8_EXCLUDED_MODULES},
+    "tensorrt_rules_minmax_gaussian_heads_fp32 (shipped)": TENSORRT_INT8_OPTIONS,  # what the tensorrt target uses
 }
 
 
-def fp8_rows(tmp: Path, fp32_onnx: Path, calibration, example, reference, io) -> dict:
+def fp8_rows(tmp: Path, fp32_onnx: Path, pattern) -> dict:
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -63,15 +53,11 @@ def fp8_rows(tmp: Path, fp32_onnx: Path, calibration, example, reference, io) ->
     rows = {}
 
     def score(name: str, path: Path) -> None:
-        with OnnxRuntimeRunner(path, io) as runner:
-            candidate = runner.infer(example.image, example.disparity_factor)
-        found = compare_gaussians(reference, candidate, dict(PROFILES["int8"]), space="raw")
-        rows[name] = {"p99": {r.metric: round(float(r.p99), 5) for r in found},
-                      "max": {r.metric: round(float(r.max), 5) for r in found}}  # fmt: skip
+        rows[name] = pattern.score_onnx(path)
         print(name, rows[name]["p99"], flush=True)
 
     int8 = tmp / "int8_for_fp8.onnx"
-    quantize_int8(fp32_onnx, int8, calibration, **CONFIGS["tensorrt_rules_minmax_gaussian_heads_fp32 (shipped)"])
+    quantize_int8(fp32_onnx, int8, pattern.calibration, **TENSORRT_INT8_OPTIONS)
     int8_qdq_to_fp8(int8, fp32_onnx, tmp / "fp8.onnx", external_data=False)
     score("fp8_amax_rewrite_of_tensorrt_int8 (shipped)", tmp / "fp8.onnx")
     model = onnx.load(str(fp32_onnx))
@@ -80,7 +66,7 @@ def fp8_rows(tmp: Path, fp32_onnx: Path, calibration, example, reference, io) ->
     quantize_static(
         str(tmp / "fp32_opset19.onnx"),
         str(tmp / "fp8_ort.onnx"),
-        calibration_reader(calibration),
+        calibration_reader(pattern.calibration),
         quant_format=QuantFormat.QDQ,
         op_types_to_quantize=["Conv", "MatMul"],
         per_channel=False,
@@ -96,30 +82,21 @@ def fp8_rows(tmp: Path, fp32_onnx: Path, calibration, example, reference, io) ->
 
 def main() -> None:
     names = sys.argv[1:] or list(CONFIGS)
-    model = build_model("tiny", WEIGHTS).model.eval()
-    example = example_inputs(384, 1)
-    with torch.no_grad():
-        reference = Gaussians3D(*model(example.image, example.disparity_factor))
-    calibration = load_calibration_set("samples", 384, None)
-    io = raw_io_spec(384, 1)
+    pattern = tiny_pattern()
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = Path(tmp) / "fp32"
-        run_export(ExportRequest(target="onnx", output=fp32, preset="tiny", checkpoint=WEIGHTS, parity=False))
+        run_export(ExportRequest(target="onnx", output=fp32, preset="tiny", checkpoint=WEIGHTS_TINY, parity=False))
         for name in names:
             out = Path(tmp) / "int8.onnx"
-            details = quantize_int8(fp32 / "model.onnx", out, calibration, **CONFIGS[name])
-            with OnnxRuntimeRunner(out, io) as runner:
-                candidate = runner.infer(example.image, example.disparity_factor)
-            rows = compare_gaussians(reference, candidate, dict(PROFILES["int8"]), space="raw")
+            details = quantize_int8(fp32 / "model.onnx", out, pattern.calibration, **CONFIGS[name])
             results[name] = {
-                "p99": {r.metric: round(float(r.p99), 5) for r in rows},
-                "max": {r.metric: round(float(r.max), 5) for r in rows},
+                **pattern.score_onnx(out),
                 "quantized_nodes": details["quantized_nodes"],
                 "excluded_nodes": len(details["excluded_nodes"]),
             }
             print(name, results[name]["p99"], flush=True)
-        results.update(fp8_rows(Path(tmp), fp32 / "model.onnx", calibration, example, reference, io))
+        results.update(fp8_rows(Path(tmp), fp32 / "model.onnx", pattern))
     save(
         "tensorrt_int8_study_tiny",
         {

@@ -89,6 +89,18 @@ ORT_REDUCE_RANGE_NOTE = (
     "(measured on AVX2: scales_log p99 0.167 -> 0.057, colours 5.2e-3 -> 1.3e-3)"
 )
 INT8_RULES = ("onnxruntime", "tensorrt")  # whose Q/DQ conventions the int8 graph follows (reduce_precision)
+# quantize_int8's settings per rule set: ONNX Runtime's (uint8 asymmetric activations, int32 biases, 7-bit weights,
+# see ORT_REDUCE_RANGE_NOTE) and TensorRT's (int8 symmetric activations, fp32 biases, the Gaussian heads fp32).
+ONNXRUNTIME_INT8_OPTIONS: dict[str, Any] = {
+    "activations": "uint8",
+    "excluded_modules": INT8_EXCLUDED_MODULES,
+    "reduce_range": True,
+}
+TENSORRT_INT8_OPTIONS: dict[str, Any] = {
+    "activations": "int8",
+    "extra_options": {"QuantizeBias": False},
+    "excluded_modules": TENSORRT_INT8_EXCLUDED_MODULES,
+}
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 DEFAULT_CALIBRATION_METHOD = "minmax"
 
@@ -771,11 +783,17 @@ def reduce_precision(
         raise ConversionError(f"quantizer must be one of {', '.join(QUANTIZERS)}, not {quantizer!r}")
     if quantizer == "modelopt" and (precision not in MODELOPT_PRECISIONS or int8_rules != "tensorrt"):
         raise ConversionError("the ModelOpt quantizer serves the tensorrt target's int8 and fp8 only")
+    if int8_rules not in INT8_RULES:
+        raise ConversionError(f"int8 rules must be one of {', '.join(INT8_RULES)}, not {int8_rules!r}")
+    calibrated = precision in ("int8", "fp8")
+    if calibrated and calibration is None:
+        raise ConversionError(f"{precision} needs a calibration set")
+    if precision == "fp8" and int8_rules != "tensorrt":
+        raise ConversionError("fp8 Q/DQ is built for TensorRT only (int8_rules='tensorrt')")
+    tensorrt = int8_rules == "tensorrt"
     if precision in HALF_TYPES:
         details = write_half(fp32_path, out_path, external_data, precision)
     elif quantizer == "modelopt":
-        if calibration is None:
-            raise ConversionError(f"{precision} needs a calibration set")
         from sharp_export.converters.onnx_modelopt import quantize_with_modelopt  # ModelOpt is imported in there
 
         details = quantize_with_modelopt(
@@ -786,36 +804,15 @@ def reduce_precision(
             external_data=external_data,
             excluded_modules=TENSORRT_INT8_EXCLUDED_MODULES,
         )
-        details["int8_rules"] = int8_rules
-        details["calibration"] = calibration.describe()
     elif precision == "int8":
-        if calibration is None:
-            raise ConversionError("int8 needs a calibration set")
-        if int8_rules not in INT8_RULES:
-            raise ConversionError(f"int8 rules must be one of {', '.join(INT8_RULES)}, not {int8_rules!r}")
-        tensorrt = int8_rules == "tensorrt"
-        details = quantize_int8(
-            fp32_path,
-            out_path,
-            calibration,
-            external_data=external_data,
-            activations="int8" if tensorrt else "uint8",
-            extra_options={"QuantizeBias": False} if tensorrt else None,
-            excluded_modules=TENSORRT_INT8_EXCLUDED_MODULES if tensorrt else INT8_EXCLUDED_MODULES,
-            reduce_range=not tensorrt,  # see ORT_REDUCE_RANGE_NOTE
-        )
-        details["int8_rules"] = int8_rules
-        if not tensorrt:
-            details["reduce_range_why"] = ORT_REDUCE_RANGE_NOTE
+        rules = TENSORRT_INT8_OPTIONS if tensorrt else ONNXRUNTIME_INT8_OPTIONS
+        details = quantize_int8(fp32_path, out_path, calibration, external_data=external_data, **rules)
         if tensorrt:
             details["biases"] = "fp32 (TensorRT fuses them; its DequantizeLinear takes no int32)"
-        details["calibration"] = calibration.describe()
+        else:
+            details["reduce_range_why"] = ORT_REDUCE_RANGE_NOTE
     elif precision == "fp8":
         # fp8 = the TensorRT-rule int8 graph with every Q/DQ retyped to float8e4m3fn (converters/onnx_fp8.py).
-        if calibration is None:
-            raise ConversionError("fp8 needs a calibration set")
-        if int8_rules != "tensorrt":
-            raise ConversionError("fp8 Q/DQ is built for TensorRT only (int8_rules='tensorrt')")
         import shutil
 
         from sharp_export.converters.onnx_fp8 import int8_qdq_to_fp8
@@ -823,23 +820,18 @@ def reduce_precision(
         scratch = workdir / ".int8_for_fp8"
         scratch.mkdir()
         details = quantize_int8(
-            fp32_path,
-            scratch / MODEL_FILE,
-            calibration,
-            external_data=external_data,
-            activations="int8",
-            extra_options={"QuantizeBias": False},
-            excluded_modules=TENSORRT_INT8_EXCLUDED_MODULES,
+            fp32_path, scratch / MODEL_FILE, calibration, external_data=external_data, **TENSORRT_INT8_OPTIONS
         )
         details.update(int8_qdq_to_fp8(scratch / MODEL_FILE, fp32_path, out_path, external_data=external_data))
         shutil.rmtree(scratch)
-        details["int8_rules"] = int8_rules
         details["biases"] = "fp32 (TensorRT fuses them)"
-        details["calibration"] = calibration.describe()
     else:
         raise ConversionError(f"no reduced-precision step for {precision!r}")
-    if precision in ("int8", "fp8"):
+    if calibrated:
+        assert calibration is not None  # checked above
         details.setdefault("quantizer", "ort")
+        details["int8_rules"] = int8_rules
+        details["calibration"] = calibration.describe()
     written = sorted(_file_bytes(workdir))
     expected = sorted([MODEL_FILE] + ([MODEL_FILE + ".data"] if external_data else []))
     if written != expected:
