@@ -160,13 +160,13 @@ def node_parts(model_path: Path) -> dict[str, str]:
     """Node name -> network part (or 'tail'/'other'), and QuantizeLinear tensor names -> the producer's part."""
     import onnx
 
-    from sharp_export.converters.onnx_quantize import REGION_TAIL, _namespace, node_regions
+    from sharp_export.converters.onnx_graph import REGION_TAIL, node_namespace, node_regions
 
     graph = onnx.load(str(model_path), load_external_data=False).graph
     regions = node_regions(graph)
     parts: dict[str, str] = {}
     for node in graph.node:
-        namespace = _namespace(node) or ""
+        namespace = node_namespace(node) or ""
         part = next((name for name, keys in PARTS if any(k in namespace for k in keys)), None)
         parts[node.name] = part or ("tail" if regions[node.name] == REGION_TAIL else "other")
         for output in node.output:

@@ -115,6 +115,8 @@ def main() -> None:
     from sharp_export.calibration.dataset import load_calibration_set
     from sharp_export.converters import onnx_quantize as oq
     from sharp_export.converters.onnx_export import export_onnx
+    from sharp_export.converters.onnx_graph import REGION_GROUP_NORM, REGION_TAIL
+    from sharp_export.converters.onnx_half import convert_fp16
     from sharp_export.reference.checkpoint import build_model
     from sharp_export.samples import example_inputs
 
@@ -140,13 +142,13 @@ def main() -> None:
         results["fp16_plans"] = {}
         base = onnx.load(str(fp32_path))
         for label, keep in (
-            ("tail+group_norm (chosen)", (oq.REGION_TAIL, oq.REGION_GROUP_NORM)),
-            ("tail", (oq.REGION_TAIL,)),
-            ("group_norm", (oq.REGION_GROUP_NORM,)),
+            ("tail+group_norm (chosen)", (REGION_TAIL, REGION_GROUP_NORM)),
+            ("tail", (REGION_TAIL,)),
+            ("group_norm", (REGION_GROUP_NORM,)),
             ("nothing kept (all fp16)", ()),
         ):
             model16 = copy.deepcopy(base)
-            report = oq.convert_fp16(model16, keep)
+            report = convert_fp16(model16, keep)
             path = work / f"fp16_{len(keep)}_{'_'.join(keep) or 'none'}.onnx"
             onnx.save(model16, str(path))
             worst = evaluate(path)

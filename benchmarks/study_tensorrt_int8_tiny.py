@@ -48,7 +48,8 @@ def fp8_rows(tmp: Path, fp32_onnx: Path, pattern) -> dict:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     from sharp_export.converters.onnx_fp8 import int8_qdq_to_fp8
-    from sharp_export.converters.onnx_quantize import calibration_reader, excluded_nodes, raise_opset
+    from sharp_export.converters.onnx_graph import raise_opset
+    from sharp_export.converters.onnx_quantize import calibration_reader, excluded_nodes
 
     rows = {}
 

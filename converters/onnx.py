@@ -11,9 +11,10 @@ Hazards handled here (docs/architecture.md §10.1, §10.2):
   ``Dim("batch")`` on both inputs; a specialisation error is reported with torch's guard text.
 * No silent fallback: if the dynamo exporter fails, the export fails (the legacy TorchScript exporter
   writes a different graph with 390 loose weight files and is deprecated).
-* Reduced precision (``converters/onnx_quantize.py``): ``--precision fp16`` rewrites the fp32 graph to fp16
-  weights and compute with the tail kept fp32; ``--precision int8`` is static QDQ quantization calibrated on
-  real photos (``--calib-data DIR`` or ``--calib-data samples``, ``--calib-size N``). I/O stays fp32.
+* Reduced precision: ``--precision fp16`` (``converters/onnx_half.py``) rewrites the fp32 graph to fp16 weights
+  and compute with the tail kept fp32; ``--precision int8`` (``converters/onnx_quantize.py``) is static QDQ
+  quantization calibrated on real photos (``--calib-data DIR`` or ``--calib-data samples``, ``--calib-size N``).
+  I/O stays fp32.
 """
 
 from __future__ import annotations

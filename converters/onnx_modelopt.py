@@ -78,7 +78,8 @@ def quantize_with_modelopt(
     import onnx
     import torch
 
-    from sharp_export.converters.onnx_quantize import excluded_nodes, save_onnx
+    from sharp_export.converters.onnx_graph import save_onnx
+    from sharp_export.converters.onnx_quantize import excluded_nodes
 
     if precision not in MODELOPT_PRECISIONS:
         raise ConversionError(f"ModelOpt quantizes {', '.join(MODELOPT_PRECISIONS)} here, not {precision}")

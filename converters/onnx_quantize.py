@@ -1,22 +1,13 @@
-"""Reduced precision for the ONNX target: an fp16 cast plan and static int8 (QDQ) quantization.
+"""int8 (QDQ) quantization for the ONNX target, and the reduced-precision step every ONNX-based target runs.
 
-Both start from the fp32 graph that ``onnx_export.export_onnx`` wrote and rewrite it in place of it. Both keep
-the **tail** in fp32: the ops after the monodepth network and around the Gaussian decoder that have no
-weights (disparity -> depth division and clamps, the initializer's global depth minimum and reciprocals, the
-composer's softplus / log / exp / sigmoid / pow and the flatten). They are found by the module path the dynamo
-exporter writes into every node's ``namespace`` metadata: a node traced inside ``monodepth_model``,
-``feature_model`` or ``prediction_head`` is network, a node traced in the predictor itself is tail (the same
-split as ``reference/model/predictor.py``'s ``PrecisionPlan`` and the Core ML regions in
-``converters/coreml/capture.py``). Why the tail stays fp32, measured on the tiny preset: see ``FP16_KEEP_NOTE``.
-
-* **fp16** (:func:`convert_fp16`): an explicit cast plan written with the onnx API, no extra dependency.
-  Network nodes compute in fp16 and their weights are stored in fp16; kept nodes (the tail and the GroupNorm
-  statistics, ``InstanceNormalization``) stay fp32; a ``Cast`` is inserted on every edge between the two.
-  The graph inputs and outputs stay fp32, so the runner and the manifest's I/O spec do not change. The same plan
-  in bfloat16 (:func:`write_half`, opset raised to 22) serves the tensorrt target's ``--precision bf16``.
 * **int8** (:func:`quantize_int8`): ``onnxruntime.quantization.quantize_static`` in QDQ format, weights int8
-  symmetric per output channel, activations uint8 calibrated on real photos through a
-  ``CalibrationDataReader``; the tail is passed as ``nodes_to_exclude``.
+  symmetric per output channel, activations calibrated on real photos (a low-memory MinMax pass,
+  :func:`minmax_ranges`); the tail (``onnx_graph.node_regions``) and the disparity head are passed as
+  ``nodes_to_exclude``. Two rule sets: ONNX Runtime's (uint8 asymmetric activations, the onnx and openvino
+  targets) and TensorRT's (int8 symmetric activations, fp32 biases, the Gaussian heads fp32).
+* **the step** (:func:`reduce_precision`): fp32 export -> fp16 / bf16 (``onnx_half``), int8, or fp8
+  (``onnx_fp8``, or ``onnx_modelopt`` with ``--quantizer modelopt``), then the same checks of the written files,
+  the graph I/O and onnx's checker for every precision.
 
 torch is not imported here; onnx and onnxruntime only inside the functions.
 """
@@ -28,11 +19,12 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sharp_export.converters.onnx_graph import REGION_TAIL, file_bytes, module_paths, node_namespace, node_regions
+from sharp_export.converters.onnx_half import HALF_TYPES, write_half
 from sharp_export.errors import ConversionError, MissingDependencyError
 from sharp_export.progress import echo, rss_gb
 
@@ -40,24 +32,6 @@ if TYPE_CHECKING:
     import onnx
 
     from sharp_export.calibration.dataset import CalibrationSet
-
-REGION_TAIL = "tail"
-REGION_GROUP_NORM = "group_norm"  # GroupNorm lowers to Reshape + InstanceNormalization + Reshape + Mul + Add
-REGION_NETWORK = "network"
-_NETWORK_MODULES = ("monodepth_model", "feature_model", "prediction_head")
-FP16_MAX = 65504.0
-HALF_TYPES = {"fp16": 10, "bf16": 16}  # onnx.TensorProto.FLOAT16 / BFLOAT16 (onnx is imported lazily)
-BF16_MIN_OPSET = 22  # the first opset whose Conv, MatMul, ... accept tensor(bfloat16)
-
-# Which regions stay fp32 under --precision fp16, and why (benchmarks/study_onnx_precision_tiny.py).
-FP16_KEPT_REGIONS = (REGION_TAIL, REGION_GROUP_NORM)
-FP16_KEEP_NOTE = (
-    "tail kept fp32: depth = f/clamp(disparity, 1e-4) and the composer's reciprocals amplify fp16 rounding "
-    "(tiny study: all-fp16 z rel err p99 1.9e-3 and colours 1.0e-3, tail fp32 6.3e-4 and 2.5e-5; "
-    "benchmarks/results/onnx_precision_study_tiny.json); GroupNorm statistics (InstanceNormalization) kept fp32: "
-    "at full size a group holds 9.4M values and fp16 squares overflow above |x - mean| ~ 256 (Core ML measurement, "
-    "README Core ML section); cheap to keep"
-)
 
 # int8: the op types quantized (weights int8 per channel, activations uint8) and the calibration method.
 INT8_OP_TYPES = ("Conv", "MatMul")
@@ -105,328 +79,6 @@ CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 DEFAULT_CALIBRATION_METHOD = "minmax"
 
 
-# ---- regions ---------------------------------------------------------------------------------------------
-
-
-def _namespace(node: onnx.NodeProto) -> str | None:
-    for prop in node.metadata_props:
-        if prop.key == "namespace":
-            return prop.value
-    return None
-
-
-def _module_paths(namespace: str) -> list[str]:
-    """Module paths of a node's namespace, outermost first (the last segment is the op itself)."""
-    # ": pkg.RawOutputs/predictor: pkg.RGBGaussianPredictor/predictor.monodepth_model: pkg.Monodepth.../op: aten.x"
-    return [segment.split(":")[0].strip() for segment in namespace.split("/")[:-1]]
-
-
-def _region_from_namespace(namespace: str) -> str:
-    paths = _module_paths(namespace)
-    if any(part in _NETWORK_MODULES for path in paths for part in path.split(".")):
-        return REGION_NETWORK
-    return REGION_TAIL
-
-
-def node_regions(graph: onnx.GraphProto) -> dict[str, str]:
-    """Region of every node, by name: tail, group_norm or network.
-
-    Nodes without namespace metadata (made by the exporter's optimiser, e.g. the Split of a fused QKV) take the
-    region of the node that produces their first input, network when none does.
-    """
-    producer: dict[str, str] = {}
-    regions: dict[str, str] = {}
-    seen_namespace = False
-    for node in graph.node:
-        namespace = _namespace(node)
-        if namespace is not None:
-            seen_namespace = True
-            region = _region_from_namespace(namespace)
-        else:
-            region = next((regions[producer[i]] for i in node.input if i in producer), REGION_NETWORK)
-        if node.op_type == "InstanceNormalization" and region == REGION_NETWORK:
-            region = REGION_GROUP_NORM
-        regions[node.name] = region
-        for output in node.output:
-            producer[output] = node.name
-    if not seen_namespace:
-        raise ConversionError(
-            "the ONNX graph carries no 'namespace' metadata, so the fp32 tail cannot be located",
-            fix="export with torch.onnx.export(dynamo=True), as the onnx target does",
-        )
-    tail_ops = {node.op_type for node in graph.node if regions[node.name] == REGION_TAIL}
-    if not {"ReduceMin", "Softplus"} <= tail_ops:
-        raise ConversionError(
-            f"the tail found in the ONNX graph lacks the global depth minimum or the composer's softplus "
-            f"(tail op types: {sorted(tail_ops)}); refusing to guess which nodes must stay fp32"
-        )
-    return regions
-
-
-def region_counts(regions: dict[str, str]) -> dict[str, int]:
-    return dict(Counter(regions.values()))
-
-
-# ---- fp16 --------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Fp16Report:
-    kept_regions: tuple[str, ...]
-    half: str = "fp16"  # or "bf16": the type network nodes compute in (field names say fp16 for both)
-    nodes_fp16: int = 0
-    nodes_fp32: int = 0
-    kept_op_types: dict[str, int] = field(default_factory=dict)
-    casts_inserted: int = 0
-    initializers_fp16: int = 0
-    initializers_fp32: int = 0
-    out_of_range_nodes: list[str] = field(default_factory=list)
-    kept_nodes: list[str] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "plan": f"explicit cast plan (onnx API): network nodes and their weights in {self.half}, kept regions "
-            "fp32, a Cast on every edge between them, graph inputs and outputs fp32",
-            "kept_fp32_regions": list(self.kept_regions),
-            "kept_fp32_why": FP16_KEEP_NOTE,
-            "nodes_fp16": self.nodes_fp16,
-            "nodes_fp32": self.nodes_fp32,
-            "kept_fp32_op_types": self.kept_op_types,
-            "casts_inserted": self.casts_inserted,
-            "initializers_fp16": self.initializers_fp16,
-            "initializers_fp32": self.initializers_fp32,
-            "kept_fp32_out_of_fp16_range": self.out_of_range_nodes,
-            "kept_fp32_nodes": self.kept_nodes,
-        }
-
-
-def _schema(node: onnx.NodeProto, opset: int) -> Any:
-    import onnx.defs
-
-    if node.domain not in ("", "ai.onnx") or node.attribute and any(a.type == a.GRAPH for a in node.attribute):
-        return None
-    try:
-        return onnx.defs.get_schema(node.op_type, opset, node.domain)
-    except onnx.defs.SchemaError:
-        return None
-
-
-def _formal(params: Sequence[Any], index: int) -> str | None:
-    """type_str of the index-th actual argument (the last formal parameter may be variadic)."""
-    if index < len(params):
-        return params[index].type_str
-    if params and params[-1].option.name == "Variadic":
-        return params[-1].type_str
-    return None
-
-
-def _float_type_vars(node: onnx.NodeProto, schema: Any, dtypes: dict[str, int]) -> set[str]:
-    """Type variables of the node's outputs that are bound to float32 (these become float16)."""
-    import onnx
-
-    output_vars = {_formal(schema.outputs, i) for i in range(len(node.output))}
-    output_vars = {v for v in output_vars if v is not None and not v.startswith("tensor(")}
-    bound: set[str] = set()
-    for index, name in enumerate(node.input):
-        var = _formal(schema.inputs, index)
-        if name and var in output_vars and dtypes.get(name) == onnx.TensorProto.FLOAT:
-            bound.add(var)
-    for index, name in enumerate(node.output):
-        var = _formal(schema.outputs, index)
-        if name and var in output_vars and dtypes.get(name) == onnx.TensorProto.FLOAT:
-            bound.add(var)
-    if node.op_type == "Cast":
-        to = next(a.i for a in node.attribute if a.name == "to")
-        return {"T2"} if to == onnx.TensorProto.FLOAT else set()
-    return bound
-
-
-def _tensor_dtypes(model: onnx.ModelProto) -> dict[str, int]:
-    graph = model.graph
-    dtypes = {v.name: v.type.tensor_type.elem_type for v in (*graph.input, *graph.value_info, *graph.output)}
-    dtypes.update({t.name: t.data_type for t in graph.initializer})
-    for node in graph.node:
-        if node.op_type == "Constant":
-            for attr in node.attribute:
-                if attr.name == "value":
-                    dtypes.setdefault(node.output[0], attr.t.data_type)
-    return dtypes
-
-
-def _to_half_tensor(tensor: onnx.TensorProto, name: str, half: str = "fp16") -> onnx.TensorProto:
-    """An fp32 tensor as fp16 or bf16 (round to nearest even; ml_dtypes comes with onnx)."""
-    import numpy as np
-    from onnx import numpy_helper
-
-    if half == "bf16":
-        import ml_dtypes
-
-        return numpy_helper.from_array(numpy_helper.to_array(tensor).astype(ml_dtypes.bfloat16), name)
-    return numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float16), name)
-
-
-def _max_abs(tensor: onnx.TensorProto) -> float:
-    import numpy as np
-    from onnx import numpy_helper
-
-    values = numpy_helper.to_array(tensor)
-    return float(np.abs(values).max()) if values.size else 0.0
-
-
-def convert_fp16(
-    model: onnx.ModelProto, keep_regions: Iterable[str] = FP16_KEPT_REGIONS, *, half: str = "fp16"
-) -> Fp16Report:
-    """Rewrite ``model`` (loaded with its weights) to the fp16 plan, in place. Returns what was done.
-
-    ``half="bf16"`` writes the same plan in bfloat16 (the tensorrt target); ONNX allows bfloat16 Conv only from
-    opset 22, so the caller converts the model's opset first (:func:`write_half`).
-    """
-    import onnx
-    from onnx import helper
-
-    if half not in HALF_TYPES:
-        raise ConversionError(f"no half-precision plan for {half!r}; known: {', '.join(HALF_TYPES)}")
-    graph = model.graph
-    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-    keep = tuple(keep_regions)
-    regions = node_regions(graph)
-    dtypes = _tensor_dtypes(model)
-    initializers = {t.name: t for t in graph.initializer}
-    report = Fp16Report(kept_regions=keep, half=half)
-    FLOAT, HALF = onnx.TensorProto.FLOAT, HALF_TYPES[half]
-    # bf16 has fp32's exponent range: no weight is out of range.
-    half_max = FP16_MAX if half == "fp16" else float("inf")
-
-    # 1. Which nodes compute in fp16, and which type variables of each change.
-    plan: dict[str, set[str]] = {}
-    for node in graph.node:
-        if regions[node.name] in keep:
-            continue
-        schema = _schema(node, opset)
-        if schema is None:
-            continue
-        variables = _float_type_vars(node, schema, dtypes)
-        if not variables:
-            continue
-        # A weight outside fp16's range would become inf: that node stays fp32 (reported).
-        too_big = [
-            name
-            for index, name in enumerate(node.input)
-            if name in initializers
-            and _formal(schema.inputs, index) in variables
-            and dtypes[name] == FLOAT
-            and _max_abs(initializers[name]) > half_max
-        ]
-        if too_big:
-            report.out_of_range_nodes.append(node.name)
-            continue
-        plan[node.name] = variables
-
-    # 2. New dtypes of every tensor a converted node produces.
-    new_dtypes = dict(dtypes)
-    for node in graph.node:
-        if node.name not in plan:
-            continue
-        schema = _schema(node, opset)
-        for index, name in enumerate(node.output):
-            if name and _formal(schema.outputs, index) in plan[node.name]:
-                new_dtypes[name] = HALF
-
-    # 3. Rewrite: convert weights and constants, insert casts where a consumer wants the other float type.
-    casts: dict[tuple[str, int], str] = {}
-    converted_initializers: dict[str, str] = {}
-    nodes: list[onnx.NodeProto] = []
-    fp16_initializer_users: set[str] = set()
-    fp32_initializer_users: set[str] = set()
-
-    def cast_to(name: str, dtype: int) -> str:
-        key = (name, dtype)
-        if key not in casts:
-            suffix = half if dtype == HALF else "fp32"
-            out = f"{name}__{suffix}"
-            nodes.append(helper.make_node("Cast", [name], [out], name=f"cast_{suffix}__{name}", to=dtype))
-            new_dtypes[out] = dtype
-            casts[key] = out
-            report.casts_inserted += 1
-        return casts[key]
-
-    for node in graph.node:
-        schema = _schema(node, opset) if node.name in plan else None
-        variables = plan.get(node.name, set())
-        for index, name in enumerate(node.input):
-            if not name or new_dtypes.get(name) not in (FLOAT, HALF):
-                continue
-            if node.op_type == "Cast":
-                continue  # Cast reads any type
-            wanted = HALF if schema is not None and _formal(schema.inputs, index) in variables else dtypes.get(name)
-            if wanted not in (FLOAT, HALF) or new_dtypes[name] == wanted:
-                if name in initializers and new_dtypes[name] == FLOAT:
-                    fp32_initializer_users.add(name)
-                continue
-            if name in initializers and dtypes[name] == FLOAT and wanted == HALF:
-                fp16_initializer_users.add(name)
-                converted_initializers.setdefault(name, f"{name}__{half}")
-                node.input[index] = converted_initializers[name]
-            else:
-                node.input[index] = cast_to(name, wanted)
-        if node.name in plan:
-            report.nodes_fp16 += 1
-            if node.op_type == "Cast":
-                for attr in node.attribute:
-                    if attr.name == "to":
-                        attr.i = HALF
-            elif node.op_type in ("Constant", "ConstantOfShape"):
-                for attr in node.attribute:
-                    if attr.name == "value" and attr.t.data_type == FLOAT:
-                        attr.t.CopyFrom(_to_half_tensor(attr.t, attr.t.name, half))
-                    elif attr.name in ("value_float", "value_floats"):
-                        raise ConversionError(f"fp16 plan: Constant {node.name} with {attr.name} is not handled")
-        else:
-            report.nodes_fp32 += 1
-            if regions[node.name] in keep:
-                report.kept_op_types[node.op_type] = report.kept_op_types.get(node.op_type, 0) + 1
-                report.kept_nodes.append(node.name)
-        nodes.append(node)
-
-    # Weights: an initializer used only in fp16 is replaced by its fp16 copy; one used by both keeps both.
-    kept = []
-    for tensor in graph.initializer:
-        name = tensor.name
-        if name in converted_initializers:
-            kept.append(_to_half_tensor(tensor, converted_initializers[name], half))
-            new_dtypes[converted_initializers[name]] = HALF
-            report.initializers_fp16 += 1
-            if name in fp32_initializer_users:
-                kept.append(tensor)
-                report.initializers_fp32 += 1
-        else:
-            kept.append(tensor)
-            if tensor.data_type == FLOAT:
-                report.initializers_fp32 += 1
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
-
-    # Graph outputs stay fp32: a converted producer writes "<name>__fp16" and a Cast restores the name.
-    producers = {out: node for node in nodes for out in node.output}
-    for value in graph.output:
-        if new_dtypes.get(value.name) == HALF:
-            producer = producers[value.name]
-            renamed = f"{value.name}__{half}"
-            producer.output[list(producer.output).index(value.name)] = renamed
-            nodes.append(helper.make_node("Cast", [renamed], [value.name], name=f"cast_fp32__{value.name}", to=FLOAT))
-            new_dtypes[renamed] = HALF
-            new_dtypes[value.name] = FLOAT
-            report.casts_inserted += 1
-    del graph.node[:]
-    graph.node.extend(nodes)
-
-    # Value infos follow the new dtypes (shape inference is not rerun: shapes did not change).
-    for value in graph.value_info:
-        if value.name in new_dtypes and value.type.tensor_type.elem_type in (FLOAT, HALF):
-            value.type.tensor_type.elem_type = new_dtypes[value.name]
-    return report
-
-
 # ---- int8 ---------------------------------------------------------------------------------------------------
 
 
@@ -456,7 +108,7 @@ def excluded_nodes(graph: onnx.GraphProto, modules: Sequence[str] = INT8_EXCLUDE
     regions = node_regions(graph)
     excluded = []
     for node in graph.node:
-        paths = _module_paths(_namespace(node) or "")
+        paths = module_paths(node_namespace(node) or "")
         in_module = any(path == module or path.endswith("." + module) for path in paths for module in modules)
         if regions[node.name] == REGION_TAIL or in_module:
             excluded.append(node.name)
@@ -661,93 +313,6 @@ def quantize_int8(
 # ---- the onnx row's reduced-precision step ----------------------------------------------------------------------
 
 
-def _file_bytes(folder: Path) -> dict[str, int]:
-    return {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.name.startswith("model")}
-
-
-def save_onnx(model: onnx.ModelProto, path: Path, external_data: bool) -> None:
-    """Save ``model``; with ``external_data`` every weight goes into one ``<name>.data`` file beside it."""
-    import onnx
-
-    if external_data:
-        onnx.save_model(
-            model,
-            str(path),
-            save_as_external_data=True,
-            all_tensors_to_one_file=True,
-            location=path.name + ".data",
-        )
-    else:
-        onnx.save_model(model, str(path))
-
-
-def raise_opset(model: onnx.ModelProto, target: int, why: str) -> dict[str, Any]:
-    """Declare opset ``target`` on ``model``, in place, only where that changes no node (``why``: for errors).
-
-    onnx's version converter is run on a weight-free copy as the check: every node must come back with the same
-    op type, inputs, outputs and attributes (true for SHARP's ops between 18 and 22: the changes are type
-    extensions and new optional attributes). The converter itself is not used for the rewrite because it drops
-    the nodes' ``namespace`` metadata (the region plan) and part of the value_info.
-    """
-    import onnx
-    from onnx import version_converter
-
-    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-    if opset >= target:
-        return {"opset_from": opset, "opset": opset}
-    skeleton = onnx.ModelProto()
-    skeleton.CopyFrom(model)
-    for tensor in skeleton.graph.initializer:  # weights are not needed to convert ops
-        tensor.ClearField("raw_data")
-        del tensor.external_data[:]
-        tensor.data_location = onnx.TensorProto.DEFAULT
-    try:
-        converted = version_converter.convert_version(skeleton, target)
-    except Exception as error:  # the converter raises bare RuntimeError / ValueError subclasses
-        raise ConversionError(f"{why}: onnx cannot convert opset {opset} -> {target}: {error}") from error
-
-    def signature(node: onnx.NodeProto) -> tuple:
-        attributes = tuple(sorted(a.SerializeToString() for a in node.attribute))
-        return node.name, node.op_type, tuple(node.input), tuple(node.output), attributes
-
-    changed = [
-        n.name for n, c in zip(model.graph.node, converted.graph.node, strict=False) if signature(n) != signature(c)
-    ]
-    if changed or len(converted.graph.node) != len(model.graph.node):
-        raise ConversionError(
-            f"{why}: moving opset {opset} -> {target} rewrites nodes ({', '.join(changed[:5]) or 'count'}); "
-            f"the {why} plan supports only graphs it leaves unchanged",
-            fix="export --precision fp16 instead",
-        )
-    for entry in model.opset_import:
-        if entry.domain in ("", "ai.onnx"):
-            entry.version = target
-    return {"opset_from": opset, "opset": target, "opset_check": "onnx version converter: no node changed"}
-
-
-def write_half(fp32_path: Path, out_path: Path, external_data: bool, half: str = "fp16") -> dict[str, Any]:
-    """The fp16 (or bf16) model at ``out_path`` from the fp32 model at ``fp32_path``; returns manifest details."""
-    import onnx
-    from onnx.external_data_helper import load_external_data_for_model
-
-    start = time.perf_counter()
-    model = onnx.load(str(fp32_path), load_external_data=False)
-    opset = raise_opset(model, BF16_MIN_OPSET, "bf16") if half == "bf16" else None
-    load_external_data_for_model(model, str(fp32_path.parent))
-    report = convert_fp16(model, half=half)
-    save_onnx(model, out_path, external_data)
-    del model
-    seconds = time.perf_counter() - start
-    echo(
-        f"    {half}: {report.nodes_fp16} nodes {half}, {report.nodes_fp32} kept fp32, {report.casts_inserted} casts, "
-        f"{seconds:.1f} s, RSS {rss_gb():.1f} GB"
-    )
-    details: dict[str, Any] = {"precision_plan": report.as_dict(), f"{half}_seconds": round(seconds, 2)}
-    if opset is not None:
-        details["opset_change"] = opset
-    return details
-
-
 def reduce_precision(
     precision: str,
     fp32_dir: Path,
@@ -776,7 +341,7 @@ def reduce_precision(
 
     fp32_path = fp32_dir / MODEL_FILE
     out_path = workdir / MODEL_FILE
-    fp32_bytes = _file_bytes(fp32_dir)
+    fp32_bytes = file_bytes(fp32_dir)
     from sharp_export.converters.onnx_modelopt import MODELOPT_PRECISIONS, QUANTIZERS
 
     if quantizer not in QUANTIZERS:
@@ -832,7 +397,7 @@ def reduce_precision(
         details.setdefault("quantizer", "ort")
         details["int8_rules"] = int8_rules
         details["calibration"] = calibration.describe()
-    written = sorted(_file_bytes(workdir))
+    written = sorted(file_bytes(workdir))
     expected = sorted([MODEL_FILE] + ([MODEL_FILE + ".data"] if external_data else []))
     if written != expected:
         raise ConversionError(f"the {precision} step wrote {written}, expected exactly {expected}", path=workdir)
@@ -847,7 +412,7 @@ def reduce_precision(
     except onnx.checker.ValidationError as error:
         first = str(error).strip().splitlines()[0][:300]
         raise ConversionError(f"the {precision} model is not valid ONNX: {first}", path=out_path) from error
-    sizes = _file_bytes(workdir)
+    sizes = file_bytes(workdir)
     details["file_bytes"] = sizes
     details["fp32_file_bytes"] = fp32_bytes
     details["size_vs_fp32"] = round(sum(sizes.values()) / sum(fp32_bytes.values()), 4)

@@ -5,7 +5,7 @@ TensorRT 10.x does so when asked (``--stronglyTyped``): every tensor's type then
 the precision must live in the ONNX. This module writes that ONNX with the onnx target's code and checks it here,
 where TensorRT cannot be installed:
 
-* **fp16 / bf16**: the onnx target's explicit cast plan (``converters/onnx_quantize.py``), network in half
+* **fp16 / bf16**: the onnx target's explicit cast plan (``converters/onnx_half.py``), network in half
   precision, the tail and the GroupNorm statistics fp32, a Cast on every edge between them. bf16 needs opset 22
   (the first opset whose Conv and MatMul accept bfloat16); ONNX Runtime's CPU kernels have no bf16, so the bf16
   ONNX is checked structurally only.

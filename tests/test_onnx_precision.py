@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from sharp_export.artifact import read_manifest
 from sharp_export.commands.export import make_target_command
-from sharp_export.converters.onnx_quantize import REGION_TAIL, node_regions
+from sharp_export.converters.onnx_graph import REGION_TAIL, node_regions
 from sharp_export.parity.harness import check_artifact
 from sharp_export.parity.lpips import load_lpips
 from sharp_export.parity.tolerances import load_tolerances

@@ -169,7 +169,7 @@ PROFILES: dict[str, dict[str, Tolerance]] = {
         T(0.99, "max", f"{_OV_BF16}: min 0.9959"),
         T(0.02, "max", f"{_OV_BF16}: max 0.0044"),
     ),
-    # ONNX Runtime fp16 (converters/onnx_quantize.py: network fp16, tail + GroupNorm statistics fp32). Measured:
+    # ONNX Runtime fp16 (converters/onnx_half.py: network fp16, tail + GroupNorm statistics fp32). Measured:
     # worst p99 over the golden pattern + the 5 sample photos vs torch fp32 (4 views per photo for the renders).
     "fp16-onnx": _rows(
         T(2e-3, "p99", f"{_ORT16}: z rel err p99 6.3e-4 (max 1.3e-3); x3.2"),

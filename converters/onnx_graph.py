@@ -1,0 +1,160 @@
+"""Graph helpers shared by the ONNX precision rewrites (``onnx_half``, ``onnx_quantize``, ``onnx_fp8``).
+
+* **Regions** (:func:`node_regions`): which nodes are network and which are the **tail**, the ops after the
+  monodepth network and around the Gaussian decoder that have no weights (disparity -> depth division and
+  clamps, the initializer's global depth minimum and reciprocals, the composer's softplus / log / exp / sigmoid /
+  pow and the flatten). They are found by the module path the dynamo exporter writes into every node's
+  ``namespace`` metadata: a node traced inside ``monodepth_model``, ``feature_model`` or ``prediction_head`` is
+  network, a node traced in the predictor itself is tail (the same split as ``reference/model/predictor.py``'s
+  ``PrecisionPlan`` and the Core ML regions in ``converters/coreml/capture.py``). Every reduced precision keeps
+  the tail fp32.
+* **Files and opsets:** :func:`save_onnx` (one ``.data`` file beside the model), :func:`raise_opset` (declare a
+  newer opset only where that changes no node), :func:`file_bytes`.
+
+torch is not imported here; onnx only inside the functions.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sharp_export.errors import ConversionError
+
+if TYPE_CHECKING:
+    import onnx
+
+REGION_TAIL = "tail"
+REGION_GROUP_NORM = "group_norm"  # GroupNorm lowers to Reshape + InstanceNormalization + Reshape + Mul + Add
+REGION_NETWORK = "network"
+_NETWORK_MODULES = ("monodepth_model", "feature_model", "prediction_head")
+
+
+# ---- regions ---------------------------------------------------------------------------------------------
+
+
+def node_namespace(node: onnx.NodeProto) -> str | None:
+    for prop in node.metadata_props:
+        if prop.key == "namespace":
+            return prop.value
+    return None
+
+
+def module_paths(namespace: str) -> list[str]:
+    """Module paths of a node's namespace, outermost first (the last segment is the op itself)."""
+    # ": pkg.RawOutputs/predictor: pkg.RGBGaussianPredictor/predictor.monodepth_model: pkg.Monodepth.../op: aten.x"
+    return [segment.split(":")[0].strip() for segment in namespace.split("/")[:-1]]
+
+
+def _region_from_namespace(namespace: str) -> str:
+    paths = module_paths(namespace)
+    if any(part in _NETWORK_MODULES for path in paths for part in path.split(".")):
+        return REGION_NETWORK
+    return REGION_TAIL
+
+
+def node_regions(graph: onnx.GraphProto) -> dict[str, str]:
+    """Region of every node, by name: tail, group_norm or network.
+
+    Nodes without namespace metadata (made by the exporter's optimiser, e.g. the Split of a fused QKV) take the
+    region of the node that produces their first input, network when none does.
+    """
+    producer: dict[str, str] = {}
+    regions: dict[str, str] = {}
+    seen_namespace = False
+    for node in graph.node:
+        namespace = node_namespace(node)
+        if namespace is not None:
+            seen_namespace = True
+            region = _region_from_namespace(namespace)
+        else:
+            region = next((regions[producer[i]] for i in node.input if i in producer), REGION_NETWORK)
+        if node.op_type == "InstanceNormalization" and region == REGION_NETWORK:
+            region = REGION_GROUP_NORM
+        regions[node.name] = region
+        for output in node.output:
+            producer[output] = node.name
+    if not seen_namespace:
+        raise ConversionError(
+            "the ONNX graph carries no 'namespace' metadata, so the fp32 tail cannot be located",
+            fix="export with torch.onnx.export(dynamo=True), as the onnx target does",
+        )
+    tail_ops = {node.op_type for node in graph.node if regions[node.name] == REGION_TAIL}
+    if not {"ReduceMin", "Softplus"} <= tail_ops:
+        raise ConversionError(
+            f"the tail found in the ONNX graph lacks the global depth minimum or the composer's softplus "
+            f"(tail op types: {sorted(tail_ops)}); refusing to guess which nodes must stay fp32"
+        )
+    return regions
+
+
+def region_counts(regions: dict[str, str]) -> dict[str, int]:
+    return dict(Counter(regions.values()))
+
+
+# ---- files and opsets ------------------------------------------------------------------------------------
+
+
+def file_bytes(folder: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.name.startswith("model")}
+
+
+def save_onnx(model: onnx.ModelProto, path: Path, external_data: bool) -> None:
+    """Save ``model``; with ``external_data`` every weight goes into one ``<name>.data`` file beside it."""
+    import onnx
+
+    if external_data:
+        onnx.save_model(
+            model,
+            str(path),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=path.name + ".data",
+        )
+    else:
+        onnx.save_model(model, str(path))
+
+
+def raise_opset(model: onnx.ModelProto, target: int, why: str) -> dict[str, Any]:
+    """Declare opset ``target`` on ``model``, in place, only where that changes no node (``why``: for errors).
+
+    onnx's version converter is run on a weight-free copy as the check: every node must come back with the same
+    op type, inputs, outputs and attributes (true for SHARP's ops between 18 and 22: the changes are type
+    extensions and new optional attributes). The converter itself is not used for the rewrite because it drops
+    the nodes' ``namespace`` metadata (the region plan) and part of the value_info.
+    """
+    import onnx
+    from onnx import version_converter
+
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    if opset >= target:
+        return {"opset_from": opset, "opset": opset}
+    skeleton = onnx.ModelProto()
+    skeleton.CopyFrom(model)
+    for tensor in skeleton.graph.initializer:  # weights are not needed to convert ops
+        tensor.ClearField("raw_data")
+        del tensor.external_data[:]
+        tensor.data_location = onnx.TensorProto.DEFAULT
+    try:
+        converted = version_converter.convert_version(skeleton, target)
+    except Exception as error:  # the converter raises bare RuntimeError / ValueError subclasses
+        raise ConversionError(f"{why}: onnx cannot convert opset {opset} -> {target}: {error}") from error
+
+    def signature(node: onnx.NodeProto) -> tuple:
+        attributes = tuple(sorted(a.SerializeToString() for a in node.attribute))
+        return node.name, node.op_type, tuple(node.input), tuple(node.output), attributes
+
+    changed = [
+        n.name for n, c in zip(model.graph.node, converted.graph.node, strict=False) if signature(n) != signature(c)
+    ]
+    if changed or len(converted.graph.node) != len(model.graph.node):
+        raise ConversionError(
+            f"{why}: moving opset {opset} -> {target} rewrites nodes ({', '.join(changed[:5]) or 'count'}); "
+            f"the {why} plan supports only graphs it leaves unchanged",
+            fix="export --precision fp16 instead",
+        )
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            entry.version = target
+    return {"opset_from": opset, "opset": target, "opset_check": "onnx version converter: no node changed"}
