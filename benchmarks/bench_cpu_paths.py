@@ -50,7 +50,7 @@ OV_CONVERT = """
 import json, resource, time, torch, openvino as ov
 from sharp_export.reference.checkpoint import build_model
 from sharp_export.samples import example_inputs
-from sharp_export.converters.onnx_export import RawOutputs
+from sharp_export.converters.onnx.export import RawOutputs
 model = build_model("sharp", seed=0).model.eval()
 ex = example_inputs(1536, 1)
 t0 = time.perf_counter()

@@ -49,7 +49,7 @@ ORT = """
 import json, resource, time
 import numpy as np
 from sharp_export.samples import example_inputs
-from sharp_export.runtime.base import open_runner
+from sharp_export.registry import open_runner
 ex = example_inputs(1536, 1)
 t0 = time.perf_counter()
 runner = open_runner({out!r}).open()

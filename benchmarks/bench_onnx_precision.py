@@ -73,7 +73,7 @@ print(json.dumps(dict(export_s=total, files={{k: v["size"] for k, v in m.files.i
 LATENCY = """
 import json, resource, time
 import numpy as np
-from sharp_export.runtime.base import open_runner
+from sharp_export.registry import open_runner
 from sharp_export.samples import example_inputs
 runner = open_runner({artifact!r})
 t0 = time.perf_counter()
@@ -108,7 +108,7 @@ import json
 from pathlib import Path
 from sharp_export.parity import harness
 from sharp_export.parity.lpips import load_lpips
-from sharp_export.parity.tolerances import load_tolerances
+from sharp_export.registry import load_tolerances
 from sharp_export.parity.views import DEFAULT_POSES
 from sharp_export.artifact import read_manifest
 from sharp_export.samples import sample_image_path
@@ -160,7 +160,7 @@ def node_parts(model_path: Path) -> dict[str, str]:
     """Node name -> network part (or 'tail'/'other'), and QuantizeLinear tensor names -> the producer's part."""
     import onnx
 
-    from sharp_export.converters.onnx_graph import REGION_TAIL, node_namespace, node_regions
+    from sharp_export.converters.onnx.graph import REGION_TAIL, node_namespace, node_regions
 
     graph = onnx.load(str(model_path), load_external_data=False).graph
     regions = node_regions(graph)

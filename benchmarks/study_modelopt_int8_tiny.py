@@ -29,14 +29,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import WEIGHTS_TINY, save, tiny_pattern  # noqa: E402
 
 from sharp_export.contract import ExportRequest  # noqa: E402
-from sharp_export.converters.onnx_fp8 import int8_qdq_to_fp8  # noqa: E402
-from sharp_export.converters.onnx_quantize import (  # noqa: E402
+from sharp_export.converters.onnx.fp8 import int8_qdq_to_fp8  # noqa: E402
+from sharp_export.converters.onnx.quantize import (  # noqa: E402
     TENSORRT_INT8_EXCLUDED_MODULES,
     TENSORRT_INT8_OPTIONS,
     excluded_nodes,
     quantize_int8,
 )
-from sharp_export.converters.tensorrt_ready import check_tensorrt_ready  # noqa: E402
+from sharp_export.converters.tensorrt.ready import check_tensorrt_ready  # noqa: E402
 from sharp_export.export import run_export  # noqa: E402
 
 

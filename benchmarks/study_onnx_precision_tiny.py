@@ -113,10 +113,10 @@ def main() -> None:
     import onnx
 
     from sharp_export.calibration.dataset import load_calibration_set
-    from sharp_export.converters import onnx_quantize as oq
-    from sharp_export.converters.onnx_export import export_onnx
-    from sharp_export.converters.onnx_graph import REGION_GROUP_NORM, REGION_TAIL
-    from sharp_export.converters.onnx_half import convert_fp16
+    from sharp_export.converters.onnx import quantize as oq
+    from sharp_export.converters.onnx.export import export_onnx
+    from sharp_export.converters.onnx.graph import REGION_GROUP_NORM, REGION_TAIL
+    from sharp_export.converters.onnx.half import convert_fp16
     from sharp_export.reference.checkpoint import build_model
     from sharp_export.samples import example_inputs
 

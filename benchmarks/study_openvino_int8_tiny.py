@@ -48,7 +48,7 @@ def float_op_names(model: Any, onnx_path: Path, modules: tuple[str, ...]) -> lis
     """
     import onnx
 
-    from sharp_export.converters.onnx_quantize import excluded_nodes
+    from sharp_export.converters.onnx.quantize import excluded_nodes
 
     onnx_names = set(excluded_nodes(onnx.load(str(onnx_path), load_external_data=False).graph, modules))
     return [
@@ -62,7 +62,7 @@ def main() -> None:
 
     from sharp_export.calibration.dataset import load_calibration_set
     from sharp_export.contract import ExportRequest
-    from sharp_export.converters.onnx_quantize import INT8_EXCLUDED_MODULES, quantize_int8
+    from sharp_export.converters.onnx.quantize import INT8_EXCLUDED_MODULES, quantize_int8
     from sharp_export.export import run_export
     from sharp_export.reference.checkpoint import build_model
 

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import WEIGHTS_TINY, save, tiny_pattern  # noqa: E402
 
 from sharp_export.contract import ExportRequest  # noqa: E402
-from sharp_export.converters.onnx_quantize import (  # noqa: E402
+from sharp_export.converters.onnx.quantize import (  # noqa: E402
     INT8_EXCLUDED_MODULES,
     TENSORRT_INT8_EXCLUDED_MODULES,
     TENSORRT_INT8_OPTIONS,
@@ -47,9 +47,9 @@ def fp8_rows(tmp: Path, fp32_onnx: Path, pattern) -> dict:
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    from sharp_export.converters.onnx_fp8 import int8_qdq_to_fp8
-    from sharp_export.converters.onnx_graph import raise_opset
-    from sharp_export.converters.onnx_quantize import calibration_reader, excluded_nodes
+    from sharp_export.converters.onnx.fp8 import int8_qdq_to_fp8
+    from sharp_export.converters.onnx.graph import raise_opset
+    from sharp_export.converters.onnx.quantize import calibration_reader, excluded_nodes
 
     rows = {}
 

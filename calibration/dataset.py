@@ -209,14 +209,15 @@ def load_calibration_set(
     An unreadable image is a UserInputError naming the file (from ``load_image``), prefixed so the user
     sees it was a calibration image.
     """
-    from sharp_export.reference.preprocess import DEFAULT_MAX_PIXELS, load_image, prepare_input
+    from sharp_export.pipeline import load_photo  # torch: imported when photos are decoded, not to list them
+    from sharp_export.reference.preprocess import DEFAULT_MAX_PIXELS, prepare_input
 
     selection = select_images(source, size)
     announce(selection)
     images, factors, hashes = [], [], []
     for path in selection.paths:
         try:
-            loaded = load_image(path, max_pixels or DEFAULT_MAX_PIXELS)
+            loaded = load_photo(path, max_pixels or DEFAULT_MAX_PIXELS)
         except UserInputError as error:
             raise UserInputError(
                 f"calibration image: {error.message}", path=error.path or path, fix=error.fix

@@ -1,17 +1,15 @@
-"""Converters: importing this package registers every built-in target in ``sharp_export.targets``.
+"""Converters: one folder per target, each with its registry row in ``<target>/target.py``.
 
-Each listed module registers one Target row at import and imports its toolchain (and torch) only inside
-functions, so this import is cheap and works without any optional extra installed. A listed module that
-is missing or fails to import is a bug, and the import error says so.
+``BUILTIN_TARGETS`` is the list the registry (``sharp_export/registry.py``) starts from; its order is the order of
+`sharp-export --help` and `sharp-export env`. A row module imports its toolchain (and torch) only inside its
+functions, so importing this package is cheap and works without any optional extra installed.
 """
 
 from __future__ import annotations
 
-import importlib
+from sharp_export.converters.coreml.target import COREML_TARGET
+from sharp_export.converters.onnx.target import ONNX_TARGET
+from sharp_export.converters.openvino.target import OPENVINO_TARGET
+from sharp_export.converters.tensorrt.target import TENSORRT_TARGET
 
-# The registry list: registration order is the order of `sharp-export --help` and `sharp-export env`.
-# A new target is one module here (its row + convert) and one runner in runtime/.
-CONVERTER_MODULES = ("onnx", "coreml", "tensorrt", "openvino")
-
-for _name in CONVERTER_MODULES:
-    importlib.import_module(f"{__name__}.{_name}")
+BUILTIN_TARGETS = (ONNX_TARGET, COREML_TARGET, TENSORRT_TARGET, OPENVINO_TARGET)

@@ -32,7 +32,6 @@ import torch
 import torch.nn.functional as F
 
 from sharp_export.errors import MissingDependencyError, UserInputError
-from sharp_export.progress import echo
 
 DEFAULT_FOCAL_35MM = 30.0  # ml-sharp's assumption when EXIF has no focal length
 CROP_FACTOR_GUESS = 8.4  # ml-sharp's crude phone-sensor crop factor for raw focal lengths below 10 mm
@@ -57,7 +56,9 @@ class LoadedImage:
     width: int
     height: int
     path: Path
-    warnings: tuple[str, ...] = ()  # fallbacks taken for broken metadata (also printed as warning lines)
+    # Fallbacks taken for broken metadata; the toolkit prints them (sharp_export.pipeline.load_photo), since
+    # reference/ imports nothing of it but its errors.
+    warnings: tuple[str, ...] = ()
 
 
 def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
@@ -79,8 +80,6 @@ def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loaded
         raise UserInputError(f"cannot decode image data ({error})", path=path, fix="re-export the image") from error
     height, width = rgb.shape[:2]
     f_35mm, notes = checked_focal_length_35mm(exif)
-    for note in notes:
-        echo(f"warning: {path}: {note}")
     return LoadedImage(
         rgb=rgb,
         f_px=focal_length_px(f_35mm, width, height),

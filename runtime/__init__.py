@@ -1,5 +1,5 @@
-"""Runners: one interface (open / infer / close) over torch, ONNX Runtime, TensorRT, Core ML."""
+"""Runners: one way to run the raw predictor per runtime (``base.Runner``); the registry picks one per artifact."""
 
-from sharp_export.runtime.base import Runner, open_runner
+from sharp_export.runtime.base import Runner
 
-__all__ = ["Runner", "open_runner"]
+__all__ = ["Runner"]

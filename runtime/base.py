@@ -4,6 +4,9 @@
 ``last_inference_time_s``. ``infer`` checks inputs against the artifact's I/O spec and says exactly what is
 wrong instead of letting a runtime fail with an opaque shape error. Runners return torch tensors so every
 downstream stage (unprojection, PLY, rendering, parity) takes the same type from any backend.
+
+Which Runner opens an artifact is the registry's choice (``sharp_export.registry.open_runner``, through the
+manifest's target row): runtime/ never imports converters/.
 """
 
 from __future__ import annotations
@@ -11,13 +14,12 @@ from __future__ import annotations
 import abc
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from sharp_export.artifact import IOSpec, Manifest, check_file_sizes, read_manifest
+from sharp_export.artifact import IOSpec
 from sharp_export.errors import UserInputError
 from sharp_export.reference.gaussians import GAUSSIAN_FIELDS, Gaussians3D
 
@@ -126,37 +128,3 @@ def outputs_to_gaussians(names: list[str], values: list[Any]) -> Gaussians3D:
     if missing:
         raise UserInputError(f"the model has no output(s) {missing}; it has {names}")
     return Gaussians3D(*(torch.as_tensor(np.asarray(by_name[f])) for f in GAUSSIAN_FIELDS))
-
-
-def open_runner(artifact_dir: str | Path, device: str = "cpu", *, verify: bool = False) -> Runner:
-    """A Runner for an artifact directory, chosen by the manifest's target through the registry (not opened).
-
-    Checks every file's size (cheap); ``verify=True`` also re-hashes them (seconds per GB).
-    """
-    from sharp_export.artifact import verify_files
-    from sharp_export.errors import TargetUnavailableError
-    from sharp_export.targets import get_target
-
-    artifact_dir = Path(artifact_dir)
-    manifest: Manifest = read_manifest(artifact_dir)
-    check_file_sizes(artifact_dir, manifest)
-    if verify:
-        verify_files(artifact_dir)
-    try:
-        target = get_target(manifest.target)
-    except UserInputError as error:  # an artifact of a target this installation does not know
-        raise UserInputError(
-            f"the manifest names target '{manifest.target}', which this sharp-export does not have ({error.message})",
-            path=artifact_dir,
-            fix="run it with the sharp-export (and plug-in) that exported it",
-        ) from None
-    if device not in target.devices:
-        raise UserInputError(
-            f"a {target.name} artifact runs on {', '.join(target.devices)}, not '{device}'",
-            path=artifact_dir,
-            fix=f"pass --device {target.devices[0]}",
-        )
-    reason = target.runner_environment(manifest)
-    if reason is not None:
-        raise TargetUnavailableError(target.name, reason)
-    return target.open_runner(artifact_dir, manifest, device)

@@ -17,7 +17,6 @@ import numpy as np
 import torch
 
 from sharp_export.artifact import IOSpec, Manifest
-from sharp_export.converters.coreml.target import COMPUTE_UNIT_NAMES
 from sharp_export.errors import MissingDependencyError, UserInputError
 from sharp_export.reference.gaussians import GAUSSIAN_FIELDS, Gaussians3D
 from sharp_export.reference.model.composer import GRID_CHANNELS, GaussianGrids, flatten_grids
@@ -34,9 +33,10 @@ def _require_macos(package: Path) -> None:
 def _compute_unit(name: str) -> Any:
     import coremltools as ct
 
-    if name not in COMPUTE_UNIT_NAMES:
-        raise UserInputError(f"unknown compute units '{name}'", fix=f"use one of {', '.join(COMPUTE_UNIT_NAMES)}")
-    return getattr(ct.ComputeUnit, name.upper())  # all -> ALL, cpu_and_ne -> CPU_AND_NE, ...
+    known = [unit.name.lower() for unit in ct.ComputeUnit]  # ALL -> all, CPU_AND_NE -> cpu_and_ne, ...
+    if name not in known:
+        raise UserInputError(f"unknown compute units '{name}'", fix=f"use one of {', '.join(known)}")
+    return getattr(ct.ComputeUnit, name.upper())
 
 
 def grids_to_gaussians(grids: Iterable[Any]) -> Gaussians3D:

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from sharp_export.artifact import raw_io_spec
+from sharp_export.reference.checkpoint import autocast_context
 from sharp_export.reference.gaussians import Gaussians3D
 from sharp_export.runtime.base import Runner
 
@@ -32,7 +33,6 @@ class TorchRunner(Runner):
         self.loaded.model.to(self.device).to(memory_format=memory_format).eval()
 
     def _infer(self, image: np.ndarray, disparity_factor: np.ndarray) -> Gaussians3D:
-        from sharp_export.reference.checkpoint import autocast_context
 
         device = torch.device(self.device)
         image_t = torch.from_numpy(image).to(device)  # [B, 3, R, R]

@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from sharp_export import __version__
 from sharp_export.errors import UserInputError, output_error
 from sharp_export.reference.hashing import sha256_file
 
@@ -149,7 +150,6 @@ def hash_files(directory: Path) -> dict[str, dict[str, Any]]:
 
 def write_manifest(directory: Path, manifest: Manifest) -> Path:
     """Hash every file, stamp tool and time, and write manifest.json (call it last)."""
-    from sharp_export import __version__
 
     manifest.tool = {"name": TOOL_NAME, "version": __version__}
     manifest.created = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -251,10 +251,11 @@ def check_file_sizes(directory: Path, manifest: Manifest) -> None:
             )
 
 
-def verify_files(directory: str | Path) -> dict[str, dict[str, Any]]:
-    """Re-hash every file listed in the manifest; raise naming each missing or changed file."""
+def verify_files(directory: str | Path, manifest: Manifest | None = None) -> dict[str, dict[str, Any]]:
+    """Re-hash every file listed in the manifest (read here unless given); raise naming each missing or changed
+    file."""
     directory = Path(directory)
-    manifest = read_manifest(directory)
+    manifest = manifest if manifest is not None else read_manifest(directory)
     problems = []
     for rel, info in manifest.files.items():
         path = directory / rel

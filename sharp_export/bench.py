@@ -473,7 +473,7 @@ def _open_reference(choice: ModelChoice, preset: str, manifests: list[Any], devi
 
 
 def _open_artifact(name: str, manifest: Any, device: str) -> Candidate:
-    from sharp_export.runtime.base import open_runner
+    from sharp_export.registry import open_runner
 
     gc.collect()
     before = rss_bytes()
@@ -727,9 +727,9 @@ def check_candidates(
     from sharp_export.parity import harness
     from sharp_export.parity.lpips import load_lpips, lpips_status
     from sharp_export.parity.report import ParityReport
-    from sharp_export.parity.tolerances import load_tolerances
     from sharp_export.parity.views import DEFAULT_POSES, render_views
     from sharp_export.reference.gaussians import Gaussians3D, unproject_gaussians
+    from sharp_export.registry import load_tolerances
 
     artifacts = [c for c in candidates if c.kind == "artifact"]
     if not artifacts:

@@ -1,7 +1,8 @@
 """The `sharp-export` command line: a thin click group; each command lives in sharp_export/commands/.
 
 Every command is a ``commands.base.OneLineCommand``, the one place where errors become one line on stderr
-and an exit code (no traceback; ``-v`` shows it).
+and an exit code (no traceback; ``-v`` shows it). Every command module is imported here, so each imports torch
+and the toolchains inside its command function only: `sharp-export --help` stays instant.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import logging
 import click
 
 from sharp_export import __version__
+from sharp_export.commands import bench, export, parity, predict, render, run, triton
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -22,8 +24,6 @@ def cli(verbose: bool) -> None:
 
 
 def _register() -> None:
-    from sharp_export.commands import bench, export, parity, predict, render, run, triton
-
     cli.add_command(predict.command)
     cli.add_command(render.command)
     for command in export.target_commands():

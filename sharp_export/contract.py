@@ -1,9 +1,9 @@
 """The converter contract: what a target's functions receive and return.
 
 ``run_export`` (sharp_export/export.py) builds an ``ExportRequest`` into a ``ConvertContext`` and calls the
-target row's ``convert``; the row's ``open_runner`` opens the result for parity, ``run`` and ``bench``.
-This module imports no toolchain and not torch (annotations only), so the registry that refers to it
-stays cheap to import.
+target row's ``convert``; the row's ``open_runner`` opens the result for parity, ``run`` and ``bench``; its
+optional ``parity_hook`` gets a ``ParityContext``. This module is a leaf: it imports nothing of the package (the
+types it names are annotations only) and not torch.
 """
 
 from __future__ import annotations
@@ -87,12 +87,25 @@ class ProxyOutputs:
     tolerance_profile: str | None = None  # None: the target's profile for the export's precision
 
 
+@dataclass
+class ParityContext:
+    """What the export's parity check gets: the fresh artifact, the torch reference and the resolved rows."""
+
+    artifact_dir: Path  # the artifact being written (its temporary folder)
+    manifest: Manifest  # everything but the parity section
+    example: ExampleInputs
+    reference: Gaussians3D  # torch outputs for ``example``, [B, N, C]
+    target: Target
+    tolerance_profile: str  # the rows that gate this artifact, resolved once by run_export
+    device: str
+
+
 # convert(ctx) -> ConvertResult: write the native files into ctx.workdir; raise ConversionError on failure.
 ConvertFn = Callable[[ConvertContext], ConvertResult]
 # open_runner(artifact_dir, manifest, device) -> an unopened Runner for that artifact.
 OpenRunnerFn = Callable[[Path, "Manifest", str], "Runner"]
-# parity_hook(artifact_dir, manifest, example, reference, target, device) -> summary with at least "status".
-ParityHook = Callable[[Path, "Manifest", ExampleInputs, "Gaussians3D", "Target", str], dict[str, Any]]
+# parity_hook(ParityContext) -> summary with at least "status", or None: run the artifact through its own runner.
+ParityHook = Callable[[ParityContext], "dict[str, Any] | None"]
 # proxy(model, example, request) -> ProxyOutputs, or None when no proxy applies (e.g. fp32).
 ProxyFn = Callable[["torch.nn.Module", ExampleInputs, ExportRequest], "ProxyOutputs | None"]
 # validate(request) -> None: target-specific checks of option combinations; raise UserInputError.

@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sharp_export.targets import all_targets, package_version
+from sharp_export.registry import all_targets
+from sharp_export.targets import package_version
 
 # distribution name -> key in the report (the keys are the names users know from pip).
 _PACKAGES = {

@@ -5,7 +5,8 @@ parity hook (runs the artifact through its own runner) -> manifest -> atomic mov
 
 Targets only implement the contract of sharp_export/contract.py (``convert(ctx) -> ConvertResult``, an
 ``open_runner``, optionally a torch ``proxy``); everything that makes an artifact trustworthy (hashes,
-manifest, log, parity, atomicity) lives here once.
+manifest, log, parity, atomicity) lives here once. ``run_export`` resolves the target row and its tolerance
+profile once and hands them to every step.
 """
 
 from __future__ import annotations
@@ -28,12 +29,26 @@ from sharp_export.artifact import (
     raw_io_spec,
     write_manifest,
 )
-from sharp_export.contract import ConvertContext, ExampleInputs, ExportRequest, ParityHook, ProxyOutputs
+from sharp_export.calibration.dataset import is_samples
+from sharp_export.contract import (
+    ConvertContext,
+    ExampleInputs,
+    ExportRequest,
+    ParityContext,
+    ParityHook,
+    ProxyOutputs,
+)
+from sharp_export.env import environment_report
 from sharp_export.errors import ParityError, TargetUnavailableError, UserInputError
+from sharp_export.parity.compare import compare_gaussians
+from sharp_export.parity.report import ParityReport, format_table, to_json
+from sharp_export.parity.tolerances import profile_tolerances
 from sharp_export.progress import Stages, echo, peak_rss_gb
+from sharp_export.reference import checkpoint  # checkpoint.build_model: the one place weights are built
 from sharp_export.reference.gaussians import Gaussians3D
+from sharp_export.registry import get_target
 from sharp_export.samples import example_inputs
-from sharp_export.targets import CALIBRATED_PRECISIONS, Target, get_target
+from sharp_export.targets import CALIBRATED_PRECISIONS, Target
 
 PARITY_NAME = "parity.json"
 DYNAMIC_EXAMPLE_BATCH = 2  # torch.export specialises a dimension whose example size is 0 or 1
@@ -58,11 +73,6 @@ def validate_request(target: Target, request: ExportRequest) -> None:
             f"target '{name}' cannot export precision '{request.precision}'",
             fix=f"choose --precision {'|'.join(target.precisions)}",
         )
-    from sharp_export.parity.tolerances import supported
-
-    if request.parity and not supported(name, request.precision):
-        # Nothing is exported that could not be gated: the row must name tolerance rows for its precisions.
-        raise UserInputError(f"target '{name}' has no parity tolerances for '{request.precision}'")
     if request.dynamic_batch and not target.supports_dynamic_batch:
         raise UserInputError(f"target '{name}' does not support --dynamic-batch", fix="export a fixed batch of 1")
     if request.calib_data is not None and not target.supports_calibration:
@@ -73,8 +83,6 @@ def validate_request(target: Target, request: ExportRequest) -> None:
             fix="pass --calib-data DIR with photos like those you will run, or --calib-data samples for the "
             "bundled scikit-image sample photos",
         )
-    from sharp_export.calibration.dataset import is_samples
-
     if request.calib_data is not None and not is_samples(request.calib_data) and not Path(request.calib_data).exists():
         raise UserInputError(
             "calibration data not found", path=request.calib_data, fix="pass a folder of photos, or 'samples'"
@@ -117,42 +125,31 @@ def _source_info(loaded: Any) -> dict[str, Any]:
     }
 
 
-def default_parity_hook(
-    artifact_dir: Path,
-    manifest: Manifest,
-    example: ExampleInputs,
-    reference: Gaussians3D,
-    target: Target,
-    device: str,
-) -> dict[str, Any]:
-    """Run the fresh artifact through its own runner and gate it with the parity tolerance table."""
-    from sharp_export.parity.compare import compare_gaussians
-    from sharp_export.parity.report import ParityReport, format_table, to_json
-    from sharp_export.parity.tolerances import load_tolerances, profile_name
-
-    tolerances = load_tolerances(target.name, manifest.precision, options=manifest.options)
-    with target.open_runner(artifact_dir, manifest, device) as runner:
-        candidate = runner.infer(example.image.numpy(), example.disparity_factor.numpy())
+def default_parity_hook(ctx: ParityContext) -> dict[str, Any]:
+    """Run the fresh artifact through its own runner and gate it with its tolerance profile."""
+    tolerances = profile_tolerances(ctx.tolerance_profile)
+    with ctx.target.open_runner(ctx.artifact_dir, ctx.manifest, ctx.device) as runner:
+        candidate = runner.infer(ctx.example.image.numpy(), ctx.example.disparity_factor.numpy())
         seconds = runner.last_inference_time_s
-    results = compare_gaussians(reference, candidate, tolerances, space="raw")
+    results = compare_gaussians(ctx.reference, candidate, tolerances, space="raw")
     meta = {
-        "target": target.name,
-        "precision": manifest.precision,
-        "tolerance_profile": profile_name(target.name, manifest.precision, manifest.options),
-        "batch": example.batch,
-        "device": device,
+        "target": ctx.target.name,
+        "precision": ctx.manifest.precision,
+        "tolerance_profile": ctx.tolerance_profile,
+        "batch": ctx.example.batch,
+        "device": ctx.device,
         "input": "golden pattern (export example input)",
         "runner_seconds": seconds,
     }
     report = ParityReport(results, [], meta)
     echo(format_table(report))
     document = to_json(report)
-    (artifact_dir / PARITY_NAME).write_text(json.dumps(document, indent=2) + "\n")
+    (ctx.artifact_dir / PARITY_NAME).write_text(json.dumps(document, indent=2) + "\n")
     return {
         "status": "passed" if report.passed else "failed",
         "failures": document["failures"],
         "details": PARITY_NAME,
-        "batch": example.batch,
+        "batch": ctx.example.batch,
     }
 
 
@@ -162,15 +159,12 @@ def _reference_outputs(model: torch.nn.Module, example: ExampleInputs) -> Gaussi
     return Gaussians3D(*(t.detach().clone() for t in out))
 
 
-def gate_proxy(target: Target, precision: str, outputs: ProxyOutputs, reference: Gaussians3D) -> dict[str, Any]:
-    """A target's torch proxy against the reference, gated by the target's own tolerances at ``precision``, or
-    by the profile the proxy names (``ProxyOutputs.tolerance_profile``; recorded as ``tolerance_profile``).
+def gate_proxy(profile: str, outputs: ProxyOutputs, reference: Gaussians3D) -> dict[str, Any]:
+    """A target's torch proxy against the reference, gated by ``profile`` (the export's), or by the profile the
+    proxy names (``ProxyOutputs.tolerance_profile``; recorded as ``tolerance_profile``).
     """
-    from sharp_export.parity.compare import compare_gaussians
-    from sharp_export.parity.tolerances import PROFILES, profile_name
-
-    profile = outputs.tolerance_profile or profile_name(target.name, precision)
-    results = compare_gaussians(reference, outputs.gaussians, dict(PROFILES[profile]), space="raw")
+    profile = outputs.tolerance_profile or profile
+    results = compare_gaussians(reference, outputs.gaussians, profile_tolerances(profile), space="raw")
     keys = ("max", "p99", "mean", "tolerance", "statistic", "passed")
     metrics = {r.metric: {key: getattr(r, key) for key in keys} for r in results}
     parts = [f"{name} max {m['max']:.3g} p99 {m['p99']:.3g}" for name, m in metrics.items()]
@@ -194,11 +188,10 @@ def apply_proxy(summary: dict[str, Any], proxy: dict[str, Any] | None) -> dict[s
 
 def run_export(request: ExportRequest, parity_hook: ParityHook | None = None) -> Path:
     """Export one artifact. Returns its directory. Raises ParityError (after writing) when parity fails."""
-    from sharp_export.env import environment_report
-    from sharp_export.reference.checkpoint import build_model
-
     target = get_target(request.target)
     validate_request(target, request)
+    options = {o.name: request.options.get(o.name, o.default) for o in target.options}
+    profile = target.tolerance_profile(request.precision, options)  # the rows that gate the proxy and the artifact
     hook = parity_hook or target.parity_hook or default_parity_hook
     output = Path(request.output).absolute()
     with_proxy = request.parity and target.proxy is not None
@@ -206,7 +199,9 @@ def run_export(request: ExportRequest, parity_hook: ParityHook | None = None) ->
     with capture_log() as log, atomic_directory(output, force=request.force) as workdir:
         echo(f"sharp-export {__version__}: {target.name} {request.precision} export of preset '{request.preset}'")
         with stages.stage("build model"):
-            loaded = build_model(request.preset, request.checkpoint, request.seed, device="cpu", precision="fp32")
+            loaded = checkpoint.build_model(
+                request.preset, request.checkpoint, request.seed, device="cpu", precision="fp32"
+            )
         source = _source_info(loaded)
         echo(f"    weights: {source['label']}")
         model = loaded.model.eval()
@@ -222,7 +217,7 @@ def run_export(request: ExportRequest, parity_hook: ParityHook | None = None) ->
             assert reference is not None and target.proxy is not None
             with stages.stage(f"torch proxy of the {target.name} {request.precision} artifact"):
                 outputs = target.proxy(model, example, request)
-                proxy = None if outputs is None else gate_proxy(target, request.precision, outputs, reference)
+                proxy = None if outputs is None else gate_proxy(profile, outputs, reference)
         io = raw_io_spec(resolution, "batch" if request.dynamic_batch else 1)
         ctx = ConvertContext(model, example, request, workdir, io, native_metadata(request, source))
         with stages.stage(f"convert to {target.name}"):
@@ -238,7 +233,7 @@ def run_export(request: ExportRequest, parity_hook: ParityHook | None = None) ->
                 "dynamic_batch": request.dynamic_batch,
                 "device": request.device,
                 "calib_data": str(request.calib_data) if request.calib_data else None,
-                **{o.name: request.options.get(o.name, o.default) for o in target.options},
+                **options,
             },
             io=result.io or io,
             preprocessing=preprocessing_description(resolution),
@@ -250,9 +245,10 @@ def run_export(request: ExportRequest, parity_hook: ParityHook | None = None) ->
         if request.parity:
             assert reference is not None
             with stages.stage("parity (artifact runner vs torch)"):
-                summary = hook(workdir, manifest, example, reference, target, request.device)
+                check = ParityContext(workdir, manifest, example, reference, target, profile, request.device)
+                summary = hook(check)
                 if summary is None:  # the target's hook says: the artifact runs here, use its runner
-                    summary = default_parity_hook(workdir, manifest, example, reference, target, request.device)
+                    summary = default_parity_hook(check)
             manifest.parity = apply_proxy(summary, proxy) if with_proxy else summary
         else:
             manifest.parity = {"status": "skipped", "reason": "--no-parity"}

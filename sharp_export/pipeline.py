@@ -13,8 +13,10 @@ from pathlib import Path
 
 import torch
 
+from sharp_export.errors import UserInputError
+from sharp_export.progress import echo
 from sharp_export.reference.gaussians import Gaussians3D, SceneMeta, unproject_gaussians
-from sharp_export.reference.preprocess import DEFAULT_MAX_PIXELS, load_image, prepare_input
+from sharp_export.reference.preprocess import DEFAULT_MAX_PIXELS, LoadedImage, load_image, prepare_input
 
 # (image [1, 3, R, R] float32 in [0, 1], disparity_factor [1]) -> raw Gaussians in NDC*z space
 InferFn = Callable[[torch.Tensor, torch.Tensor], Gaussians3D]
@@ -27,12 +29,20 @@ class Prediction:
     seconds: dict[str, float]  # preprocess / model / postprocess
 
 
+def load_photo(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
+    """``load_image`` for every command: a 'warning:' line for each metadata fallback it took (e.g. no focal length)."""
+    image = load_image(path, max_pixels)
+    for note in image.warnings:
+        echo(f"warning: {path}: {note}")
+    return image
+
+
 def gaussians_for_image(
     path: Path, infer: InferFn, resolution: int, device: torch.device, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> Prediction:
     """Run one image through ``infer`` and post-process to metric camera-space Gaussians."""
     start = time.perf_counter()
-    image = load_image(path, max_pixels)
+    image = load_photo(path, max_pixels)
     tensor, disparity_factor = prepare_input(image, resolution, device=device)
     loaded = time.perf_counter()
     raw = infer(tensor, disparity_factor)
@@ -48,8 +58,6 @@ def gaussians_for_image(
 
 def resolve_device(name: str) -> torch.device:
     """'auto' -> cuda, then mps, then cpu; an explicit device that is not there is a user error."""
-    from sharp_export.errors import UserInputError
-
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")

@@ -1,15 +1,15 @@
-"""The target registry: one ``Target`` row per export format (onnx, coreml, tensorrt, ...).
+"""The target row: one ``Target`` per export format (onnx, coreml, tensorrt, ...), and what rows share.
 
-Each ``converters/<name>.py`` registers its row at import time. The row is the single source of truth for
-what a target can do (precisions, dynamic batch, calibration, devices, its own flags): the CLI builds each
-target's command from it and rejects unsupported combinations before any work starts, so nothing is ever
-silently rewritten. Rows hold plain callables and never import a heavy toolchain at module level, which
-keeps ``sharp-export --help`` instant even when a toolchain is missing.
+Each ``converters/<name>/target.py`` defines its row; ``converters/__init__.py`` lists them and
+``sharp_export/registry.py`` looks them up. The row is the single source of truth for what a target can do
+(precisions, dynamic batch, calibration, devices, its own flags): the CLI builds each target's command from it
+and rejects unsupported combinations before any work starts, so nothing is ever silently rewritten. Rows hold
+plain callables and never import a heavy toolchain at module level, which keeps ``sharp-export --help`` instant
+even when a toolchain is missing.
 """
 
 from __future__ import annotations
 
-import importlib
 import importlib.metadata
 import importlib.util
 from collections.abc import Callable, Mapping
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sharp_export.contract import ConvertFn, OpenRunnerFn, ParityHook, ProxyFn, ValidateFn
-from sharp_export.errors import UserInputError
+from sharp_export.parity.tolerances import PROFILES  # plain data, no torch
 
 if TYPE_CHECKING:
     from sharp_export.artifact import Manifest
@@ -45,7 +45,7 @@ class TargetOption:
 
 @dataclass(frozen=True, kw_only=True)
 class Target:
-    """What one export format can do and how to run it. See converters/onnx.py for a complete example."""
+    """What one export format can do and how to run it. See converters/onnx/target.py for a complete example."""
 
     name: str  # command name and manifest "target" value, e.g. "onnx"
     suffix: str  # suffix of the native model file inside the artifact directory, e.g. ".onnx"
@@ -68,8 +68,9 @@ class Target:
     option_tolerance_profiles: Mapping[tuple[str, str, Any], str] = field(default_factory=dict)
     # Optional extra check of target-specific option combinations; raises UserInputError before any work.
     validate: ValidateFn | None = None
-    # Optional parity check for targets whose artifacts cannot run here (Core ML off macOS); same signature as
-    # sharp_export.export.default_parity_hook. None means: run the artifact through its own runner.
+    # Optional parity check for targets whose artifacts cannot run here (Core ML off macOS); gets the same
+    # contract.ParityContext as sharp_export.export.default_parity_hook. None means: run the artifact through its
+    # own runner.
     parity_hook: ParityHook | None = None
     # Optional torch stand-in for the artifact, run while the model is loaded (contract.ProxyOutputs).
     proxy: ProxyFn | None = None
@@ -100,8 +101,6 @@ class Target:
         names = [o.name for o in self.options]
         if len(set(names)) != len(names):
             raise ValueError(f"target {self.name!r}: duplicate option names {names}")
-        from sharp_export.parity.tolerances import PROFILES  # plain data, no torch
-
         for precision in self.precisions:
             if self.tolerance_profile(precision) not in PROFILES:
                 raise ValueError(
@@ -148,50 +147,6 @@ class Target:
         """'usable' or the reason it is not (for --help and `sharp-export env`)."""
         reason = self.check_environment()
         return "usable" if reason is None else reason
-
-
-_REGISTRY: dict[str, Target] = {}
-_loaded = False
-
-
-def register_target(target: Target) -> Target:
-    """Add a target to the registry. A second target with the same name is an error, never an override."""
-    if target.name in _REGISTRY:
-        raise ValueError(f"a target named {target.name!r} is already registered ({_REGISTRY[target.name].description})")
-    _REGISTRY[target.name] = target
-    return target
-
-
-def unregister_target(name: str) -> None:
-    """Remove a target (tests only)."""
-    _REGISTRY.pop(name, None)
-
-
-def _ensure_loaded() -> None:
-    # Importing the converters package registers every built-in target. Done lazily so that
-    # converters can import this module without a cycle.
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        importlib.import_module("sharp_export.converters")
-
-
-def get_target(name: str) -> Target:
-    _ensure_loaded()
-    if name not in _REGISTRY:
-        raise UserInputError(f"unknown target {name!r}; known targets: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name]
-
-
-def all_targets() -> list[Target]:
-    """Registered targets in registration order."""
-    _ensure_loaded()
-    return list(_REGISTRY.values())
-
-
-def all_devices() -> tuple[str, ...]:
-    """Every device some registered target runs on, in first-seen order (for commands that open any artifact)."""
-    return tuple(dict.fromkeys(d for t in all_targets() for d in t.devices))
 
 
 def missing_packages(requirements: dict[str, str]) -> str | None:

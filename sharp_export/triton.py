@@ -35,7 +35,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sharp_export import __version__
 from sharp_export.artifact import MANIFEST_NAME, Manifest, TensorSpec, atomic_directory, check_file_sizes, read_manifest
+from sharp_export.converters.onnx.graph import MAX_DYNAMIC_BATCH
 from sharp_export.errors import ConversionError, MissingDependencyError, UserInputError
 from sharp_export.progress import echo
 
@@ -53,7 +55,6 @@ KINDS = ("gpu", "cpu")
 _TRITON_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16"}
 # A model name is a folder name and the name clients call: no separators, no leading dot (hidden) or dash.
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
-_INSTALL = "pip install 'sharp-export[triton]'"
 
 
 @dataclass(frozen=True)
@@ -89,8 +90,6 @@ def model_format(manifest: Manifest, artifact: Path | None = None) -> ModelForma
 
 def artifact_max_batch(manifest: Manifest) -> int | None:
     """The largest batch the artifact accepts, or None for a fixed-batch (batch 1) artifact."""
-    from sharp_export.converters.onnx import MAX_DYNAMIC_BATCH
-
     if not manifest.io.dynamic_batch:
         return None
     if model_format(manifest) is PLAN_FORMAT:
@@ -240,7 +239,6 @@ def triton_config(
     ``max_batch_size`` None picks the default (8 capped at the artifact's maximum; 0 for a fixed-batch
     artifact); ``kind`` None is "gpu". ``artifact`` only names the folder in error messages.
     """
-    from sharp_export import __version__
 
     check_model_name(model_name)
     fmt = model_format(manifest, artifact)

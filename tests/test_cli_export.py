@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
 
-from sharp_export import targets
+from sharp_export import registry
 from sharp_export.artifact import read_manifest
 from sharp_export.commands.export import make_target_command, target_commands
 from sharp_export.commands.run import env_command
@@ -25,7 +25,8 @@ from sharp_export.export import validate_request
 from sharp_export.reference import checkpoint
 from sharp_export.reference.checkpoint import LoadedModel
 from sharp_export.reference.gaussians import Gaussians3D
-from sharp_export.targets import Target, get_target, register_target
+from sharp_export.registry import get_target, register_target
+from sharp_export.targets import Target
 
 _ORT_HAS_CUDA = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
 
@@ -75,7 +76,7 @@ def replace_target(monkeypatch):
 
     def replace(name: str, **changes) -> Target:
         row = dataclasses.replace(get_target(name), **changes)
-        monkeypatch.setitem(targets._REGISTRY, name, row)
+        monkeypatch.setitem(registry._REGISTRY, name, row)
         return row
 
     return replace
@@ -167,7 +168,7 @@ def limited_target():
                  convert=lambda ctx: None, open_runner=lambda d, m, device: None)  # fmt: skip
     register_target(row)
     yield row
-    targets.unregister_target("limited")
+    registry.unregister_target("limited")
 
 
 def test_capabilities_are_enforced_for_any_target(tmp_path, no_work, limited_target):
@@ -234,7 +235,7 @@ def test_interrupt_mid_export_leaves_nothing(tmp_path, standin, replace_target):
 def test_opset_mismatch_is_a_conversion_error(tmp_path, standin, monkeypatch):
     # The dynamo exporter may silently keep another opset than requested (docs/architecture.md §10.2: opset 17 on
     # the full model came back as 18). Simulated where the opset is read back: a request for 19 that comes back as 18.
-    from sharp_export.converters import onnx_export as onnx_converter
+    from sharp_export.converters.onnx import export as onnx_converter
 
     monkeypatch.setattr(onnx_converter, "declared_opset", lambda path: 18)
     result = invoke("onnx", ["--preset", "tiny", "--seed", "0", "-o", str(tmp_path / "out"), "--opset", "19"])
@@ -269,7 +270,7 @@ def test_standin_export_end_to_end_and_force_replace(tmp_path, standin):
 
 
 def test_parity_failure_keeps_artifact_marked_failed_and_exits_3(tmp_path, standin, replace_target):
-    from sharp_export.converters import onnx as onnx_converter
+    from sharp_export.converters.onnx import target as onnx_converter
 
     def skewed_convert(ctx):
         # Export a model whose opacities are off by 0.01 (tolerance 5e-4): parity must catch it.
@@ -305,10 +306,10 @@ def test_torch_model_is_freed_before_the_parity_runner_starts(tmp_path, monkeypa
         alive.append(weakref.ref(model))
         return LoadedModel(model, preset, None, None, seed, precision)
 
-    def hook(*args):
+    def hook(check):
         gc.collect()
         assert alive[0]() is None, "the torch model is still referenced during parity"
-        return default_parity_hook(*args)
+        return default_parity_hook(check)
 
     monkeypatch.setattr(checkpoint, "build_model", fake_build_model)
     out = run_export(ExportRequest(target="onnx", output=tmp_path / "out", preset="tiny", seed=0), parity_hook=hook)

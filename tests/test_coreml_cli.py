@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from sharp_export.commands.export import make_target_command
 from sharp_export.errors import MissingDependencyError
 from sharp_export.reference import checkpoint
-from sharp_export.targets import get_target
+from sharp_export.registry import get_target
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from sharp_export.artifact import read_manifest  # noqa: E402
 from sharp_export.contract import ExportRequest
 from sharp_export.converters.coreml import convert as coreml_module  # noqa: E402
 from sharp_export.converters.coreml.capture import DEFAULT_PINNED, REGION_NETWORK  # noqa: E402
+from sharp_export.converters.coreml.choices import MODEL_FILE  # noqa: E402
 from sharp_export.converters.coreml.io import grid_io_spec  # noqa: E402
 from sharp_export.converters.coreml.mil_checks import (  # noqa: E402
     check_program,
@@ -29,7 +30,7 @@ from sharp_export.converters.coreml.mil_checks import (  # noqa: E402
     summarize_spec,
 )
 from sharp_export.converters.coreml.mil_overrides import SENSITIVE_OP_TYPES  # noqa: E402
-from sharp_export.converters.coreml.target import MODEL_FILE, REFERENCE_FILE, parity_hook  # noqa: E402
+from sharp_export.converters.coreml.target import REFERENCE_FILE, parity_hook  # noqa: E402
 from sharp_export.export import run_export  # noqa: E402
 from sharp_export.reference.gaussians import GAUSSIAN_FIELDS  # noqa: E402
 
@@ -173,7 +174,7 @@ def test_runner_refuses_on_linux(exports):
     import sys
 
     from sharp_export.errors import UserInputError
-    from sharp_export.runtime.base import open_runner
+    from sharp_export.registry import open_runner
 
     if sys.platform == "darwin":
         pytest.skip("on macOS the runner predicts (see test_coreml_macos.py)")

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from sharp_export.contract import ExampleInputs
-from sharp_export.converters.coreml.target import REFERENCE_FILE, parity_hook
+from sharp_export.artifact import IOSpec, Manifest
+from sharp_export.contract import ExampleInputs, ParityContext
+from sharp_export.converters.coreml.target import COREML_TARGET, REFERENCE_FILE, TOLERANCES_FILE, parity_hook
 from sharp_export.export import apply_proxy
 from sharp_export.reference.gaussians import Gaussians3D
 
@@ -28,10 +29,17 @@ def _proxy(passed: bool) -> dict:
     return {"label": "PROXY: test", "passed": passed, "metrics": metrics}
 
 
+def _context(tmp_path, example: ExampleInputs, reference: Gaussians3D, weights: str = "none") -> ParityContext:
+    manifest = Manifest({}, "coreml", "fp16", {"weights": weights}, IOSpec((), ()), {}, {})
+    return ParityContext(tmp_path, manifest, example, reference, COREML_TARGET, "fp16", "cpu")
+
+
 def test_deferred_with_reference_bundle(tmp_path):
     example, reference = _inputs()
-    summary = parity_hook(tmp_path, None, example, reference, None)
+    summary = parity_hook(_context(tmp_path, example, reference))
     assert summary["status"] == "deferred" and "macOS" in summary["reason"]
+    assert TOLERANCES_FILE not in summary["reason"]  # uncompressed weights: the table's own rows
+    assert TOLERANCES_FILE in parity_hook(_context(tmp_path, example, reference, weights="int8"))["reason"]
     stored = np.load(tmp_path / REFERENCE_FILE)
     np.testing.assert_array_equal(stored["mean_vectors"], reference.mean_vectors.numpy())
     np.testing.assert_array_equal(stored["image"], example.image.numpy())

@@ -42,8 +42,7 @@ def test_predict_matches_golden(artifact: Path, golden_dir: Path):
     from sharp_export.artifact import read_manifest
     from sharp_export.parity.compare import compare_gaussians
     from sharp_export.parity.report import format_table
-    from sharp_export.parity.tolerances import load_tolerances
-    from sharp_export.runtime.base import open_runner
+    from sharp_export.registry import load_tolerances, open_runner
 
     manifest = read_manifest(artifact)
     assert manifest.parity["status"] == "passed", manifest.parity

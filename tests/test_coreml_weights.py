@@ -20,13 +20,9 @@ pytest.importorskip("coremltools")
 
 from sharp_export.artifact import IOSpec, read_manifest  # noqa: E402
 from sharp_export.contract import ExportRequest  # noqa: E402
+from sharp_export.converters.coreml.choices import MODEL_FILE, WEIGHT_MODES  # noqa: E402
 from sharp_export.converters.coreml.mil_checks import check_program, summarize_spec  # noqa: E402
-from sharp_export.converters.coreml.target import (  # noqa: E402
-    MODEL_FILE,
-    TOLERANCES_FILE,
-    WEIGHT_MODES,
-    WEIGHT_TOLERANCE_PROFILES,
-)
+from sharp_export.converters.coreml.target import TOLERANCES_FILE, WEIGHT_TOLERANCE_PROFILES  # noqa: E402
 from sharp_export.converters.coreml.weights import kmeans_lut  # noqa: E402
 from sharp_export.errors import UserInputError  # noqa: E402
 from sharp_export.export import run_export  # noqa: E402
@@ -81,7 +77,7 @@ def exports(golden_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
 
 
 def test_option_is_on_the_row():
-    from sharp_export.targets import get_target
+    from sharp_export.registry import get_target
 
     option = get_target("coreml").option("weights")
     assert option.default == "none" and option.choices == WEIGHT_MODES

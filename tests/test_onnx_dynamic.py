@@ -12,9 +12,8 @@ from sharp_export.artifact import read_manifest
 from sharp_export.commands.export import make_target_command
 from sharp_export.reference.checkpoint import build_model
 from sharp_export.reference.gaussians import GAUSSIAN_FIELDS
-from sharp_export.runtime.base import open_runner
+from sharp_export.registry import get_target, open_runner
 from sharp_export.samples import example_inputs
-from sharp_export.targets import get_target
 
 # Measured worst |ORT - torch| over batch 1 and 3 (perturbed tiny weights, 2-core dev box); ~5x margin.
 ATOL = {

@@ -22,10 +22,9 @@ from sharp_export.commands.run import run_command
 from sharp_export.errors import UserInputError
 from sharp_export.reference.checkpoint import build_model
 from sharp_export.reference.gaussians import GAUSSIAN_FIELDS
-from sharp_export.runtime.base import open_runner
+from sharp_export.registry import get_target, open_runner
 from sharp_export.runtime.onnxruntime_runner import OnnxRuntimeRunner
 from sharp_export.samples import example_inputs
-from sharp_export.targets import get_target
 
 
 @pytest.fixture(scope="module")

@@ -15,13 +15,11 @@ from click.testing import CliRunner
 
 from sharp_export.artifact import read_manifest
 from sharp_export.commands.export import make_target_command
-from sharp_export.converters.onnx_graph import REGION_TAIL, node_regions
+from sharp_export.converters.onnx.graph import REGION_TAIL, node_regions
 from sharp_export.parity.harness import check_artifact
 from sharp_export.parity.lpips import load_lpips
-from sharp_export.parity.tolerances import load_tolerances
-from sharp_export.runtime.base import open_runner
+from sharp_export.registry import get_target, load_tolerances, open_runner
 from sharp_export.samples import sample_image_path
-from sharp_export.targets import get_target
 
 FLOAT, HALF = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
 

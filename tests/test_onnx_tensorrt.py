@@ -18,11 +18,11 @@ from onnx import numpy_helper
 
 from sharp_export.artifact import raw_io_spec, read_manifest
 from sharp_export.contract import ExportRequest
-from sharp_export.converters.tensorrt import check_environment
-from sharp_export.converters.tensorrt_ready import check_tensorrt_ready, trtexec_command
+from sharp_export.converters.tensorrt.ready import check_tensorrt_ready, trtexec_command
+from sharp_export.converters.tensorrt.target import check_environment
 from sharp_export.errors import ConversionError, TargetUnavailableError, UserInputError
 from sharp_export.export import run_export
-from sharp_export.runtime.base import open_runner
+from sharp_export.registry import open_runner
 
 WEIGHTS = Path(__file__).parent / "data" / "golden_tiny" / "weights_perturbed.safetensors"
 
@@ -205,7 +205,7 @@ def test_modelopt_places_the_qdq_and_passes_parity(modelopt_artifacts, precision
 
 
 def test_modelopt_missing_names_the_extra(monkeypatch):
-    from sharp_export.converters import onnx_modelopt
+    from sharp_export.converters.onnx import modelopt as onnx_modelopt
 
     monkeypatch.setitem(onnx_modelopt.REQUIREMENTS, "modelopt_not_here", "nvidia-modelopt")
     reason = onnx_modelopt.check_modelopt()
@@ -294,7 +294,7 @@ def fake_plan_artifact(tmp_path, artifacts, monkeypatch):
     fake = types.SimpleNamespace(__version__="10.8.0.43", Logger=lambda level: None, Runtime=FakeRuntime)
     fake.Logger.WARNING = 0
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
-    monkeypatch.setattr("sharp_export.converters.tensorrt.check_environment", lambda: None)
+    monkeypatch.setattr("sharp_export.converters.tensorrt.target.check_environment", lambda: None)
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

@@ -13,8 +13,7 @@ ov = pytest.importorskip("openvino")
 from sharp_export.artifact import read_manifest  # noqa: E402
 from sharp_export.commands.export import make_target_command  # noqa: E402
 from sharp_export.parity.compare import compare_gaussians  # noqa: E402
-from sharp_export.runtime.base import open_runner  # noqa: E402
-from sharp_export.targets import get_target  # noqa: E402
+from sharp_export.registry import get_target, open_runner  # noqa: E402
 
 
 @pytest.fixture(scope="module", params=["fp32", "bf16", "int8", "int8-float-ops-bf16"])

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sharp_export.parity.compare import FIELDS, compare_gaussians, covariances, quaternion_angle_deg
-from sharp_export.parity.tolerances import load_tolerances
+from sharp_export.registry import load_tolerances
 
 GATED_RAW = ("means_rel_depth", "scales_log", "quat_angle_deg", "colors_abs", "opacities_abs")
 

@@ -12,8 +12,8 @@ from skimage.metrics import structural_similarity
 
 from sharp_export.errors import UserInputError
 from sharp_export.parity import metrics
-from sharp_export.parity.tolerances import load_tolerances
 from sharp_export.parity.views import compare_views, pose_index
+from sharp_export.registry import load_tolerances
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 from sharp_export.errors import ParityError
 from sharp_export.parity import ParityReport, compare_gaussians, compare_views, format_table, raise_if_failed, to_json
 from sharp_export.parity.compare import FIELDS
-from sharp_export.parity.tolerances import load_tolerances
+from sharp_export.registry import load_tolerances
 
 
 @pytest.fixture(scope="module")

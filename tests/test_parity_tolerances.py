@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -12,11 +13,12 @@ from sharp_export.parity.tolerances import (
     PROFILES,
     REFERENCE_NAME,
     REFERENCE_PROFILES,
-    load_tolerances,
-    supported,
+    profile_tolerances,
 )
-from sharp_export.targets import all_targets
+from sharp_export.registry import all_targets, load_tolerances, tolerance_profile
 
+# A measurement's note says "measured ..."; "not measured: provisional" is not one.
+MEASURED = re.compile(r"(?<!not )\bmeasured\b")
 GAUSSIAN = ("means_rel_depth", "scales_log", "quat_angle_deg", "covariance_rel", "colors_abs", "opacities_abs")
 
 
@@ -35,7 +37,7 @@ def test_every_offered_combination_is_complete_and_documented():
         for metric, tol in table.items():
             assert tol.value > 0 and tol.statistic in ("max", "p99")
             # Each entry says where its number comes from: a measurement or "not measured: provisional".
-            assert "measured" in tol.note, (target, precision, metric)
+            assert tol.provisional or MEASURED.search(tol.note), (target, precision, metric, tol.note)
 
 
 def test_every_profile_is_used_by_a_row():
@@ -44,8 +46,7 @@ def test_every_profile_is_used_by_a_row():
     from sharp_export.converters.coreml.target import WEIGHT_TOLERANCE_PROFILES
 
     used |= set(WEIGHT_TOLERANCE_PROFILES.values())  # Core ML --weights: the proxy names its profile
-    # Profiles kept for precisions a target will offer (int8 for the calibration work) are listed here on purpose.
-    assert set(PROFILES) - used <= {"int8"}
+    assert set(PROFILES) == used
 
 
 def test_fp32_gates_max_reduced_precision_gates_p99():
@@ -71,8 +72,13 @@ def test_anchor_values_come_from_the_measurements():
 
 
 def test_unknown_target_or_precision():
-    assert supported("coreml", "fp16") and not supported("coreml", "bf16") and not supported("onnx", "bf16")
-    assert supported("onnx", "int8") and supported("onnx", "fp16")
+    assert tolerance_profile("coreml", "fp16") == "fp16" and tolerance_profile("onnx", "int8") == "int8-onnx"
+    assert tolerance_profile("openvino", "int8", {"float_ops": "bf16"}) == "int8-bf16-openvino"
+    for target, precision in (("coreml", "bf16"), ("onnx", "bf16")):
+        with pytest.raises(UserInputError, match=f"no parity tolerances for target '{target}'"):
+            tolerance_profile(target, precision)
+    with pytest.raises(UserInputError, match="no tolerance profile named 'int9'"):
+        profile_tolerances("int9")
     with pytest.raises(UserInputError, match="unknown target 'tflite'"):
         load_tolerances("tflite", "fp32")
     with pytest.raises(UserInputError, match="coreml supports fp32, fp16"):

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from sharp_export.parity import compare_gaussians, load_tolerances
+from sharp_export.parity import compare_gaussians
 from sharp_export.parity.compare import FIELDS
 from sharp_export.parity.views import DEFAULT_POSES, compare_renders, pose_index, render_views
+from sharp_export.registry import load_tolerances
 
 render = pytest.importorskip("sharp_export.reference.render")
 POSES = ("first", "middle")

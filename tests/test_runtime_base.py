@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from sharp_export import targets
+from sharp_export import registry
 from sharp_export.artifact import Manifest, preprocessing_description, raw_io_spec, write_manifest
 from sharp_export.errors import TargetUnavailableError, UserInputError
 from sharp_export.reference.checkpoint import build_model
-from sharp_export.runtime.base import check_inputs, open_runner
+from sharp_export.registry import get_target, open_runner
+from sharp_export.runtime.base import check_inputs
 from sharp_export.runtime.torch_runner import TorchRunner
 from sharp_export.samples import example_inputs
-from sharp_export.targets import get_target
 
 
 def test_check_inputs_accepts_dynamic_batch_and_rejects_mismatches():
@@ -73,7 +73,7 @@ def test_open_runner_errors_are_clear(tmp_path, monkeypatch):
     with pytest.raises(UserInputError, match="a onnx artifact runs on cpu, cuda, not 'mps'"):
         open_runner(tmp_path, device="mps")
     row = dataclasses.replace(get_target("onnx"), check_environment=lambda: "onnxruntime not installed: pip x")
-    monkeypatch.setitem(targets._REGISTRY, "onnx", row)
+    monkeypatch.setitem(registry._REGISTRY, "onnx", row)
     with pytest.raises(
         TargetUnavailableError, match="target 'onnx' is not usable here: onnxruntime not installed"
     ) as info:

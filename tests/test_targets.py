@@ -6,10 +6,11 @@ import dataclasses
 
 import pytest
 
-from sharp_export import targets
+from sharp_export import registry
 from sharp_export.env import environment_report, format_environment, lpips_weights_path
 from sharp_export.errors import UserInputError
-from sharp_export.targets import Target, TargetOption, all_targets, get_target, missing_packages, register_target
+from sharp_export.registry import all_targets, get_target, register_target
+from sharp_export.targets import Target, TargetOption, missing_packages
 
 
 def _fake_target(name: str = "fake", **overrides) -> Target:
@@ -56,7 +57,7 @@ def test_registering_a_name_twice_is_an_error():
         with pytest.raises(ValueError, match="already registered"):
             register_target(dataclasses.replace(get_target("onnx")))
     finally:
-        targets.unregister_target("twice")
+        registry.unregister_target("twice")
 
 
 def test_unknown_target_names_the_known_ones():

@@ -20,13 +20,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from sharp_export import triton
 from sharp_export.artifact import MANIFEST_NAME, TensorSpec, read_manifest
 from sharp_export.cli import cli
 from sharp_export.contract import ExportRequest
-from sharp_export.converters import triton
-from sharp_export.converters.triton import triton_config, validate_config, write_triton_repository
 from sharp_export.errors import ConversionError, MissingDependencyError, UserInputError
 from sharp_export.export import run_export
+from sharp_export.triton import triton_config, validate_config, write_triton_repository
 
 try:
     from tritonclient.grpc import model_config_pb2

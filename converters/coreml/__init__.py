@@ -1,3 +1,1 @@
-"""The Core ML target as one package; importing it registers the row (target.py), nothing heavier."""
-
-from sharp_export.converters.coreml import target as target  # noqa: F401  (registers the coreml row)
+"""The coreml target: its row is in target.py."""

@@ -147,12 +147,3 @@ def export_module(
     folded = fold_flatten_amin(program)
     counts = tag_regions(program, default_region)
     return program, {"region_op_counts": dict(sorted(counts.items())), "amin_flatten_folded": folded}
-
-
-def export_grids(
-    model: nn.Module,
-    image: torch.Tensor,  # [1, 3, R, R] example
-    disparity_factor: torch.Tensor,  # [1] example
-) -> tuple[torch.export.ExportedProgram, dict[str, Any]]:
-    """The whole predictor up to the five grids (``GridOutputs``)."""
-    return export_module(GridOutputs(model), (image, disparity_factor))

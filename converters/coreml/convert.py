@@ -30,17 +30,20 @@ from typing import Any
 
 import torch
 
+from sharp_export import __version__
 from sharp_export.artifact import IOSpec, TensorSpec
 from sharp_export.converters.coreml.capture import DEFAULT_PINNED, REGION_TAIL, GridOutputs, export_module
+from sharp_export.converters.coreml.choices import COMPUTE_UNIT_NAMES, DEPLOYMENT_TARGETS, SPLITS, WEIGHT_MODES
 from sharp_export.converters.coreml.io import ct_inputs_outputs, grid_io_spec
 from sharp_export.converters.coreml.mil_checks import check_program, summarize_mil
 from sharp_export.converters.coreml.mil_overrides import fp16_op_selector, frontend_overrides
 from sharp_export.converters.coreml.split import PIECES, piece_shapes
-from sharp_export.converters.coreml.target import COMPUTE_UNIT_NAMES, DEPLOYMENT_TARGETS, SPLITS, WEIGHT_MODES
 from sharp_export.converters.coreml.weights import WeightPlan, combine_hashes, compress_mlmodel, program_report
 from sharp_export.converters.coreml.weights import weight_plan as make_weight_plan
-from sharp_export.errors import ConversionError, UserInputError
+from sharp_export.errors import ConversionError, MissingDependencyError, UserInputError
 from sharp_export.progress import echo, heartbeat, rss_gb
+from sharp_export.samples import example_inputs
+from sharp_export.targets import missing_packages
 
 IOS_WEIGHT_LIMIT_BYTES = 1 << 30  # iOS refuses to load models whose weights exceed ~1 GB
 AUTHOR = "sharp-export (model: Apple ml-sharp)"
@@ -79,7 +82,6 @@ def _compute_precision(precision: str, pinned: frozenset[str]) -> Any:
 
 def set_metadata(mlmodel: Any, io: IOSpec, metadata: dict[str, str], description: str) -> None:
     """Author, license, version, description, I/O descriptions and sharp-export's key/values."""
-    from sharp_export import __version__
 
     mlmodel.author = AUTHOR
     mlmodel.license = LICENSE_NOTE
@@ -360,10 +362,6 @@ def convert_coreml(
     weights: str = "none",
 ) -> CoreMLExport:
     """Library entry point without the artifact pipeline: write the package(s) into ``out_dir``."""
-    from sharp_export import __version__
-    from sharp_export.errors import MissingDependencyError
-    from sharp_export.samples import example_inputs
-    from sharp_export.targets import missing_packages
 
     if missing_packages({"coremltools": "coremltools"}) is not None:
         raise MissingDependencyError("coremltools", "coreml", "the Core ML export")

@@ -2,9 +2,10 @@
 
 This module is what the registry imports: it holds the row and thin functions that import the toolchain
 (coremltools, torch) only when called, so `sharp-export --help` stays instant. The work is in the files
-beside it: capture.py (torch.export + region tags), mil_overrides.py / mil_checks.py (coremltools side),
-convert.py (one package or the component split of split.py), fp16_proxy.py (the fp16 plan in torch), io.py,
-weights.py (--weights compression of the package and the same compression of the torch weights for the proxy).
+beside it: choices.py (option values and file names, shared with the converter), capture.py (torch.export +
+region tags), mil_overrides.py / mil_checks.py (coremltools side), convert.py (one package or the component
+split of split.py), fp16_proxy.py (the fp16 plan in torch), io.py, weights.py (--weights compression of the
+package and the same compression of the torch weights for the proxy).
 """
 
 from __future__ import annotations
@@ -13,26 +14,32 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sharp_export.contract import ConvertContext, ConvertResult, ExampleInputs, ExportRequest, ProxyOutputs
+from sharp_export.contract import (
+    ConvertContext,
+    ConvertResult,
+    ExampleInputs,
+    ExportRequest,
+    ParityContext,
+    ProxyOutputs,
+)
+from sharp_export.converters.coreml.choices import (
+    COMPUTE_UNIT_NAMES,
+    DEPLOYMENT_TARGETS,
+    SPLITS,
+    WEIGHT_MODES,
+)
 from sharp_export.errors import UserInputError
+from sharp_export.parity.tolerances import PROFILES
 from sharp_export.progress import echo
-from sharp_export.targets import Target, TargetOption, missing_packages, register_target
+from sharp_export.targets import Target, TargetOption, missing_packages
 
 if TYPE_CHECKING:
     import torch
 
     from sharp_export.artifact import Manifest
-    from sharp_export.reference.gaussians import Gaussians3D
     from sharp_export.runtime.coreml_runner import CoreMLRunner
 
-MODEL_FILE = "model.mlpackage"
-DEPLOYMENT_TARGETS = ("iOS17", "iOS18", "macOS14", "macOS15")
-SPLITS = ("none", "components")
-# Core ML compute units (the runner maps them to ct.ComputeUnit); kept here so the row imports no toolchain.
-COMPUTE_UNIT_NAMES = ("all", "cpu_and_ne", "cpu_and_gpu", "cpu_only")
 REFERENCE_FILE = "reference_outputs.npz"
-# --weights: none | int8 (linear symmetric per channel) | palettize4 / palettize6 (k-means LUT per tensor).
-WEIGHT_MODES = ("none", "int8", "palettize4", "palettize6")
 # Parity tolerance rows of a weight-compressed package (sharp_export/parity/tolerances.py), for fp32 and fp16
 # alike: the compression error dominates the fp16 rounding. The proxy names its profile (ProxyOutputs).
 WEIGHT_TOLERANCE_PROFILES = {"int8": "coreml-w8", "palettize6": "coreml-pal6", "palettize4": "coreml-pal4"}
@@ -123,20 +130,11 @@ def _write_tolerance_file(path: Path, profile: str) -> None:
     """A `parity --tolerances` file holding every row of ``profile`` (value and statistic)."""
     import json
 
-    from sharp_export.parity.tolerances import PROFILES
-
     rows = {metric: {"value": t.value, "statistic": t.statistic} for metric, t in PROFILES[profile].items()}
     path.write_text(json.dumps(rows, indent=2) + "\n")
 
 
-def parity_hook(
-    artifact_dir: Path,
-    manifest: Manifest,
-    example: ExampleInputs,
-    reference: Gaussians3D,
-    target: Target,
-    device: str = "cpu",
-) -> dict[str, Any] | None:
+def parity_hook(ctx: ParityContext) -> dict[str, Any] | None:
     """Stores the example input and torch outputs (``reference_outputs.npz``) so a Mac can check the very same
     numbers later; then None on macOS (run the package through its runner), else 'deferred'.
     """
@@ -144,14 +142,14 @@ def parity_hook(
 
     from sharp_export.reference.gaussians import GAUSSIAN_FIELDS
 
+    example = ctx.example
     arrays = {"image": example.image.numpy(), "disparity_factor": example.disparity_factor.numpy()}
-    arrays.update({name: value.numpy() for name, value in zip(GAUSSIAN_FIELDS, reference, strict=True)})
-    np.savez(Path(artifact_dir) / REFERENCE_FILE, **arrays)
+    arrays.update({name: value.numpy() for name, value in zip(GAUSSIAN_FIELDS, ctx.reference, strict=True)})
+    np.savez(Path(ctx.artifact_dir) / REFERENCE_FILE, **arrays)
     if sys.platform == "darwin":
         return None
     check = "sharp-export parity ARTIFACT --golden ..."
-    options = manifest.options if manifest is not None else {}
-    if options.get("weights", "none") != "none":
+    if ctx.manifest.options.get("weights", "none") != "none":
         check += f" --tolerances ARTIFACT/{TOLERANCES_FILE}"
     return {
         "status": "deferred",
@@ -166,46 +164,42 @@ def open_runner(artifact_dir: Path, manifest: Manifest, device: str = "cpu") -> 
     return open_coreml_artifact(artifact_dir, manifest, device)
 
 
-COREML_TARGET = register_target(
-    Target(
-        name="coreml",
-        suffix=".mlpackage",
-        extra="coreml",
-        description="Core ML mlprogram (.mlpackage) for macOS/iOS, fp16 for the Neural Engine",
-        precisions=("fp32", "fp16"),
-        devices=("cpu",),
-        options=(
-            TargetOption(
-                "deployment_target", str, "iOS17", "minimum OS the package targets", choices=DEPLOYMENT_TARGETS
-            ),
-            TargetOption(
-                "compute_units",
-                str,
-                "all",
-                "Core ML compute units used when the package is run (stored in the manifest)",
-                choices=COMPUTE_UNIT_NAMES,
-            ),
-            TargetOption(
-                "split",
-                str,
-                "none",
-                "components: three packages (patch ViT | monodepth | Gaussians), each < 1 GB",
-                choices=SPLITS,
-            ),
-            TargetOption(
-                "weights",
-                str,
-                "none",
-                "weight compression: int8 (linear, per channel) or palettize4|palettize6 (k-means LUT)",
-                choices=WEIGHT_MODES,
-            ),
+COREML_TARGET = Target(
+    name="coreml",
+    suffix=".mlpackage",
+    extra="coreml",
+    description="Core ML mlprogram (.mlpackage) for macOS/iOS, fp16 for the Neural Engine",
+    precisions=("fp32", "fp16"),
+    devices=("cpu",),
+    options=(
+        TargetOption("deployment_target", str, "iOS17", "minimum OS the package targets", choices=DEPLOYMENT_TARGETS),
+        TargetOption(
+            "compute_units",
+            str,
+            "all",
+            "Core ML compute units used when the package is run (stored in the manifest)",
+            choices=COMPUTE_UNIT_NAMES,
         ),
-        check_environment=check_environment,
-        convert=convert,
-        open_runner=open_runner,
-        validate=validate,
-        tolerance_profiles={"fp32": "fp32-coreml"},
-        parity_hook=parity_hook,
-        proxy=proxy,
-    )
+        TargetOption(
+            "split",
+            str,
+            "none",
+            "components: three packages (patch ViT | monodepth | Gaussians), each < 1 GB",
+            choices=SPLITS,
+        ),
+        TargetOption(
+            "weights",
+            str,
+            "none",
+            "weight compression: int8 (linear, per channel) or palettize4|palettize6 (k-means LUT)",
+            choices=WEIGHT_MODES,
+        ),
+    ),
+    check_environment=check_environment,
+    convert=convert,
+    open_runner=open_runner,
+    validate=validate,
+    tolerance_profiles={"fp32": "fp32-coreml"},
+    parity_hook=parity_hook,
+    proxy=proxy,
 )

@@ -46,6 +46,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from sharp_export.converters.coreml.capture import DEFAULT_PINNED
+from sharp_export.converters.coreml.fp16_proxy import fp16_proxy_outputs
 from sharp_export.reference.gaussians import Gaussians3D
 from sharp_export.reference.model.composer import flatten_grids
 
@@ -320,8 +322,6 @@ def weights_proxy_outputs(
     fp16: the fp16 precision plan (fp16_proxy.py) on top. Returns the raw Gaussians and the compression
     report of the torch side (count, elements, digest: equal to the package's when the values are the same).
     """
-    from sharp_export.converters.coreml.capture import DEFAULT_PINNED
-    from sharp_export.converters.coreml.fp16_proxy import fp16_proxy_outputs
 
     compression: list[TorchWeightCompression] = []
     if precision == "fp16":

@@ -1,6 +1,6 @@
-"""Torch side of the ONNX target: the dynamo export and the checks of the written file (opset, files, I/O).
+"""Torch side of every ONNX-based target: the dynamo export and the checks of the written file (opset, files, I/O).
 
-The tensorrt target writes its TensorRT-ready ONNX with the same ``export_onnx``.
+The onnx, openvino and tensorrt targets all start from this ``export_onnx`` (through ``precision.py``).
 """
 
 from __future__ import annotations
@@ -8,20 +8,26 @@ from __future__ import annotations
 import gc
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from sharp_export.converters.onnx import (
-    DEFAULT_OPSET,
-    EXTERNAL_DATA_ABOVE_BYTES,
+from sharp_export.converters.onnx.graph import (
     INPUT_NAMES,
     MAX_DYNAMIC_BATCH,
     MODEL_FILE,
+    check_graph_io,
+    declared_opset,
 )
 from sharp_export.errors import ConversionError
 from sharp_export.progress import echo, rss_gb
 from sharp_export.reference.gaussians import GAUSSIAN_FIELDS
+
+if TYPE_CHECKING:
+    from sharp_export.artifact import IOSpec
+    from sharp_export.contract import ExampleInputs
+
+EXTERNAL_DATA_ABOVE_BYTES = 1 << 30  # "auto": external weights from 1 GB on (the full preset: 2.6 GB)
 
 
 class RawOutputs(torch.nn.Module):
@@ -51,52 +57,13 @@ def use_external_data(choice: str, model: torch.nn.Module) -> bool:
     return weight_bytes(model) >= EXTERNAL_DATA_ABOVE_BYTES
 
 
-def declared_opset(model_path: Path) -> int:
-    """The default-domain opset the saved model declares (reads the graph only, not the weights)."""
-    import onnx
-
-    proto = onnx.load(str(model_path), load_external_data=False)
-    versions = [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")]
-    if len(versions) != 1:
-        raise ConversionError(f"expected one default-domain opset import, found {versions}", path=model_path)
-    return int(versions[0])
-
-
-def _dims(value_info: Any) -> tuple[int | str, ...]:
-    dims = value_info.type.tensor_type.shape.dim
-    return tuple(d.dim_param if d.dim_param else int(d.dim_value) for d in dims)
-
-
-def check_graph_io(model_path: Path, io: Any) -> None:
-    """The saved graph's inputs/outputs must have the spec's names, order and static dimensions."""
-    import onnx
-
-    graph = onnx.load(str(model_path), load_external_data=False).graph
-    for kind, found, wanted in (("input", graph.input, io.inputs), ("output", graph.output, io.outputs)):
-        names = [v.name for v in found]
-        if names != [t.name for t in wanted]:
-            raise ConversionError(f"graph {kind}s are {names}, expected {[t.name for t in wanted]}", path=model_path)
-        for value, spec in zip(found, wanted, strict=True):
-            dims = _dims(value)
-            ok = len(dims) == len(spec.shape) and all(
-                isinstance(want, str) or want == got for want, got in zip(spec.shape, dims, strict=True)
-            )
-            batch_ok = not isinstance(spec.shape[0], str) or isinstance(dims[0], str)
-            if not (ok and batch_ok):
-                raise ConversionError(
-                    f"graph {kind} '{spec.name}' has shape {dims}, expected {tuple(spec.shape)}"
-                    + (" (batch was specialised to a constant)" if not batch_ok else ""),
-                    path=model_path,
-                )
-
-
 def export_onnx(
     model: torch.nn.Module,
-    example: Any,  # ExampleInputs: image [B, 3, R, R], disparity_factor [B]
-    io: Any,  # IOSpec the graph must expose
+    example: ExampleInputs,  # image [B, 3, R, R], disparity_factor [B]
+    io: IOSpec,  # the graph's I/O
     out_dir: Path,
     *,
-    opset: int = DEFAULT_OPSET,
+    opset: int,
     dynamic_batch: bool = False,
     external_data: bool = True,
     metadata: dict[str, str] | None = None,

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sharp_export.converters.onnx.graph import raise_opset, save_onnx
 from sharp_export.errors import ConversionError
 from sharp_export.progress import echo, rss_gb
 
@@ -66,8 +67,6 @@ def int8_qdq_to_fp8(int8_path: Path, fp32_path: Path, out_path: Path, *, externa
     import onnx
     from onnx import numpy_helper
     from onnx.external_data_helper import load_external_data_for_model
-
-    from sharp_export.converters.onnx_graph import raise_opset, save_onnx
 
     start = time.perf_counter()
     model = onnx.load(str(int8_path), load_external_data=False)

@@ -1,4 +1,7 @@
-"""Graph helpers shared by the ONNX precision rewrites (``onnx_half``, ``onnx_quantize``, ``onnx_fp8``).
+"""The ONNX file and graph facts every ONNX module shares (export, half, quantize, fp8, modelopt, precision).
+
+* **The file:** ``model.onnx`` (+ ``model.onnx.data``) with inputs :data:`INPUT_NAMES` and the five Gaussian
+  outputs; :func:`declared_opset` and :func:`check_graph_io` check a written file without loading its weights.
 
 * **Regions** (:func:`node_regions`): which nodes are network and which are the **tail**, the ops after the
   monodepth network and around the Gaussian decoder that have no weights (disparity -> depth division and
@@ -16,7 +19,6 @@ torch is not imported here; onnx only inside the functions.
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +27,12 @@ from sharp_export.errors import ConversionError
 if TYPE_CHECKING:
     import onnx
 
+    from sharp_export.artifact import IOSpec
+
+MODEL_FILE = "model.onnx"  # + model.onnx.data (external weights) beside it
+INPUT_NAMES = ("image", "disparity_factor")
+MAX_DYNAMIC_BATCH = 64  # the batch dimension's upper bound in a --dynamic-batch export
+DEFAULT_OPSET = 18  # the opset written by default: the lowest torch's dynamo exporter implements natively
 REGION_TAIL = "tail"
 REGION_GROUP_NORM = "group_norm"  # GroupNorm lowers to Reshape + InstanceNormalization + Reshape + Mul + Add
 REGION_NETWORK = "network"
@@ -89,11 +97,46 @@ def node_regions(graph: onnx.GraphProto) -> dict[str, str]:
     return regions
 
 
-def region_counts(regions: dict[str, str]) -> dict[str, int]:
-    return dict(Counter(regions.values()))
-
-
 # ---- files and opsets ------------------------------------------------------------------------------------
+
+
+def declared_opset(model_path: Path) -> int:
+    """The default-domain opset the saved model declares (reads the graph only, not the weights)."""
+    import onnx
+
+    proto = onnx.load(str(model_path), load_external_data=False)
+    versions = [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")]
+    if len(versions) != 1:
+        raise ConversionError(f"expected one default-domain opset import, found {versions}", path=model_path)
+    return int(versions[0])
+
+
+def _dims(value_info: Any) -> tuple[int | str, ...]:
+    dims = value_info.type.tensor_type.shape.dim
+    return tuple(d.dim_param if d.dim_param else int(d.dim_value) for d in dims)
+
+
+def check_graph_io(model_path: Path, io: IOSpec) -> None:
+    """The saved graph's inputs/outputs must have the spec's names, order and static dimensions."""
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    for kind, found, wanted in (("input", graph.input, io.inputs), ("output", graph.output, io.outputs)):
+        names = [v.name for v in found]
+        if names != [t.name for t in wanted]:
+            raise ConversionError(f"graph {kind}s are {names}, expected {[t.name for t in wanted]}", path=model_path)
+        for value, spec in zip(found, wanted, strict=True):
+            dims = _dims(value)
+            ok = len(dims) == len(spec.shape) and all(
+                isinstance(want, str) or want == got for want, got in zip(spec.shape, dims, strict=True)
+            )
+            batch_ok = not isinstance(spec.shape[0], str) or isinstance(dims[0], str)
+            if not (ok and batch_ok):
+                raise ConversionError(
+                    f"graph {kind} '{spec.name}' has shape {dims}, expected {tuple(spec.shape)}"
+                    + (" (batch was specialised to a constant)" if not batch_ok else ""),
+                    path=model_path,
+                )
 
 
 def file_bytes(folder: Path) -> dict[str, int]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sharp_export.converters.onnx_graph import (
+from sharp_export.converters.onnx.graph import (
     REGION_GROUP_NORM,
     REGION_TAIL,
     node_regions,
@@ -41,7 +41,7 @@ FP16_KEEP_NOTE = (
     "(tiny study: all-fp16 z rel err p99 1.9e-3 and colours 1.0e-3, tail fp32 6.3e-4 and 2.5e-5; "
     "benchmarks/results/onnx_precision_study_tiny.json); GroupNorm statistics (InstanceNormalization) kept fp32: "
     "at full size a group holds 9.4M values and fp16 squares overflow above |x - mean| ~ 256 (Core ML measurement, "
-    "README Core ML section); cheap to keep"
+    "docs/architecture.md §10.6); cheap to keep"
 )
 
 

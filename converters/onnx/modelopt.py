@@ -16,7 +16,8 @@ Measured on the tiny golden pattern against torch fp32 (``benchmarks/study_model
 Full preset: ModelOpt needs far more memory than the default quantizer (``FULL_SIZE_MEMORY_NOTE``); the export warns.
 
 ModelOpt is optional (``pip install 'sharp-export[modelopt]'``): its ``onnx`` extra would pull onnxruntime-gpu
-and cupy, so the extra lists the few packages its ONNX quantizer imports instead. Imported only inside functions.
+and cupy, so the extra lists the few packages its ONNX quantizer imports instead. ModelOpt is imported only inside
+functions.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sharp_export.converters.onnx.graph import save_onnx
+from sharp_export.converters.onnx.quantize import excluded_nodes
 from sharp_export.errors import ConversionError
 from sharp_export.progress import echo, rss_gb
 from sharp_export.targets import missing_packages, package_version
@@ -77,9 +80,6 @@ def quantize_with_modelopt(
     """fp32 ONNX -> ``precision`` (int8 or fp8) Q/DQ ONNX at ``out_path``, saved in the project's file layout."""
     import onnx
     import torch
-
-    from sharp_export.converters.onnx_graph import save_onnx
-    from sharp_export.converters.onnx_quantize import excluded_nodes
 
     if precision not in MODELOPT_PRECISIONS:
         raise ConversionError(f"ModelOpt quantizes {', '.join(MODELOPT_PRECISIONS)} here, not {precision}")

@@ -1,13 +1,10 @@
-"""int8 (QDQ) quantization for the ONNX target, and the reduced-precision step every ONNX-based target runs.
+"""int8 (QDQ) quantization with ONNX Runtime's quantizer, for every ONNX-based target (``precision.py`` calls it).
 
 * **int8** (:func:`quantize_int8`): ``onnxruntime.quantization.quantize_static`` in QDQ format, weights int8
   symmetric per output channel, activations calibrated on real photos (a low-memory MinMax pass,
-  :func:`minmax_ranges`); the tail (``onnx_graph.node_regions``) and the disparity head are passed as
+  :func:`minmax_ranges`); the tail (``graph.node_regions``) and the disparity head are passed as
   ``nodes_to_exclude``. Two rule sets: ONNX Runtime's (uint8 asymmetric activations, the onnx and openvino
   targets) and TensorRT's (int8 symmetric activations, fp32 biases, the Gaussian heads fp32).
-* **the step** (:func:`reduce_precision`): fp32 export -> fp16 / bf16 (``onnx_half``), int8, or fp8
-  (``onnx_fp8``, or ``onnx_modelopt`` with ``--quantizer modelopt``), then the same checks of the written files,
-  the graph I/O and onnx's checker for every precision.
 
 torch is not imported here; onnx and onnxruntime only inside the functions.
 """
@@ -23,8 +20,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sharp_export.converters.onnx_graph import REGION_TAIL, file_bytes, module_paths, node_namespace, node_regions
-from sharp_export.converters.onnx_half import HALF_TYPES, write_half
+from sharp_export.converters.onnx.graph import REGION_TAIL, module_paths, node_namespace, node_regions
 from sharp_export.errors import ConversionError, MissingDependencyError
 from sharp_export.progress import echo, rss_gb
 
@@ -308,116 +304,3 @@ def quantize_int8(
         "excluded_why": INT8_EXCLUDED_NOTE,
         "quantize_seconds": round(seconds, 2),
     }
-
-
-# ---- the onnx row's reduced-precision step ----------------------------------------------------------------------
-
-
-def reduce_precision(
-    precision: str,
-    fp32_dir: Path,
-    workdir: Path,
-    io: Any,  # IOSpec the artifact exposes (unchanged: fp32 in and out)
-    *,
-    external_data: bool,
-    calibration: CalibrationSet | None = None,
-    int8_rules: str = "onnxruntime",
-    quantizer: str = "ort",
-) -> dict[str, Any]:
-    """fp32 ONNX in ``fp32_dir`` -> the ``precision`` artifact in ``workdir``, checked; returns manifest details.
-
-    ``precision``: fp16, bf16 (the tensorrt target; ONNX Runtime's CPU kernels cannot run it), int8, or fp8 (the
-    tensorrt target: float8e4m3fn Q/DQ, which ONNX Runtime's CPU kernels run as fake quantization).
-    ``int8_rules``: "onnxruntime" (uint8 asymmetric activations, int32 biases: ONNX Runtime's fastest CPU kernels)
-    or "tensorrt" (int8 symmetric activations and fp32 biases: TensorRT's DequantizeLinear reads int8 / fp8 / int4
-    with zero point 0 only).
-    ``quantizer``: who places int8 / fp8 Q/DQ for the tensorrt rules: "ort" (ONNX Runtime's quantizer, below) or
-    "modelopt" (NVIDIA ModelOpt's ONNX PTQ, ``converters/onnx_modelopt.py``).
-    """
-    import onnx
-
-    from sharp_export.converters.onnx import MODEL_FILE
-    from sharp_export.converters.onnx_export import check_graph_io
-
-    fp32_path = fp32_dir / MODEL_FILE
-    out_path = workdir / MODEL_FILE
-    fp32_bytes = file_bytes(fp32_dir)
-    from sharp_export.converters.onnx_modelopt import MODELOPT_PRECISIONS, QUANTIZERS
-
-    if quantizer not in QUANTIZERS:
-        raise ConversionError(f"quantizer must be one of {', '.join(QUANTIZERS)}, not {quantizer!r}")
-    if quantizer == "modelopt" and (precision not in MODELOPT_PRECISIONS or int8_rules != "tensorrt"):
-        raise ConversionError("the ModelOpt quantizer serves the tensorrt target's int8 and fp8 only")
-    if int8_rules not in INT8_RULES:
-        raise ConversionError(f"int8 rules must be one of {', '.join(INT8_RULES)}, not {int8_rules!r}")
-    calibrated = precision in ("int8", "fp8")
-    if calibrated and calibration is None:
-        raise ConversionError(f"{precision} needs a calibration set")
-    if precision == "fp8" and int8_rules != "tensorrt":
-        raise ConversionError("fp8 Q/DQ is built for TensorRT only (int8_rules='tensorrt')")
-    tensorrt = int8_rules == "tensorrt"
-    if precision in HALF_TYPES:
-        details = write_half(fp32_path, out_path, external_data, precision)
-    elif quantizer == "modelopt":
-        from sharp_export.converters.onnx_modelopt import quantize_with_modelopt  # ModelOpt is imported in there
-
-        details = quantize_with_modelopt(
-            precision,
-            fp32_path,
-            out_path,
-            calibration,
-            external_data=external_data,
-            excluded_modules=TENSORRT_INT8_EXCLUDED_MODULES,
-        )
-    elif precision == "int8":
-        rules = TENSORRT_INT8_OPTIONS if tensorrt else ONNXRUNTIME_INT8_OPTIONS
-        details = quantize_int8(fp32_path, out_path, calibration, external_data=external_data, **rules)
-        if tensorrt:
-            details["biases"] = "fp32 (TensorRT fuses them; its DequantizeLinear takes no int32)"
-        else:
-            details["reduce_range_why"] = ORT_REDUCE_RANGE_NOTE
-    elif precision == "fp8":
-        # fp8 = the TensorRT-rule int8 graph with every Q/DQ retyped to float8e4m3fn (converters/onnx_fp8.py).
-        import shutil
-
-        from sharp_export.converters.onnx_fp8 import int8_qdq_to_fp8
-
-        scratch = workdir / ".int8_for_fp8"
-        scratch.mkdir()
-        details = quantize_int8(
-            fp32_path, scratch / MODEL_FILE, calibration, external_data=external_data, **TENSORRT_INT8_OPTIONS
-        )
-        details.update(int8_qdq_to_fp8(scratch / MODEL_FILE, fp32_path, out_path, external_data=external_data))
-        shutil.rmtree(scratch)
-        details["biases"] = "fp32 (TensorRT fuses them)"
-    else:
-        raise ConversionError(f"no reduced-precision step for {precision!r}")
-    if calibrated:
-        assert calibration is not None  # checked above
-        details.setdefault("quantizer", "ort")
-        details["int8_rules"] = int8_rules
-        details["calibration"] = calibration.describe()
-    written = sorted(file_bytes(workdir))
-    expected = sorted([MODEL_FILE] + ([MODEL_FILE + ".data"] if external_data else []))
-    if written != expected:
-        raise ConversionError(f"the {precision} step wrote {written}, expected exactly {expected}", path=workdir)
-    check_graph_io(out_path, io)
-    graph = onnx.load(str(out_path), load_external_data=False).graph
-    not_fp32 = [v.name for v in (*graph.input, *graph.output) if v.type.tensor_type.elem_type != onnx.TensorProto.FLOAT]
-    if not_fp32:
-        raise ConversionError(f"the {precision} graph's I/O {not_fp32} is not float32", path=out_path)
-    del graph
-    try:
-        onnx.checker.check_model(str(out_path))
-    except onnx.checker.ValidationError as error:
-        first = str(error).strip().splitlines()[0][:300]
-        raise ConversionError(f"the {precision} model is not valid ONNX: {first}", path=out_path) from error
-    sizes = file_bytes(workdir)
-    details["file_bytes"] = sizes
-    details["fp32_file_bytes"] = fp32_bytes
-    details["size_vs_fp32"] = round(sum(sizes.values()) / sum(fp32_bytes.values()), 4)
-    echo(
-        f"    {precision}: {sum(sizes.values()) / 1e6:.1f} MB ({details['size_vs_fp32']:.3f} x the fp32 "
-        f"{sum(fp32_bytes.values()) / 1e6:.1f} MB)"
-    )
-    return details

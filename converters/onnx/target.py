@@ -11,10 +11,13 @@ Hazards handled here (docs/architecture.md §10.1, §10.2):
   ``Dim("batch")`` on both inputs; a specialisation error is reported with torch's guard text.
 * No silent fallback: if the dynamo exporter fails, the export fails (the legacy TorchScript exporter
   writes a different graph with 390 loose weight files and is deprecated).
-* Reduced precision: ``--precision fp16`` (``converters/onnx_half.py``) rewrites the fp32 graph to fp16 weights
-  and compute with the tail kept fp32; ``--precision int8`` (``converters/onnx_quantize.py``) is static QDQ
-  quantization calibrated on real photos (``--calib-data DIR`` or ``--calib-data samples``, ``--calib-size N``).
-  I/O stays fp32.
+* Reduced precision (``precision.py``, the step every ONNX-based target shares): ``--precision fp16`` (``half.py``)
+  rewrites the fp32 graph to fp16 weights and compute with the tail kept fp32; ``--precision int8``
+  (``quantize.py``) is static QDQ quantization calibrated on real photos (``--calib-data DIR`` or
+  ``--calib-data samples``, ``--calib-size N``). I/O stays fp32.
+
+This row is what the registry imports: the export code beside it (torch, onnx, onnxruntime) is imported inside
+``convert`` and ``open_runner`` only, so `sharp-export --help` stays instant without any toolchain.
 """
 
 from __future__ import annotations
@@ -24,22 +27,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sharp_export.contract import ConvertContext, ConvertResult, ExportRequest
+from sharp_export.converters.onnx.graph import DEFAULT_OPSET, MODEL_FILE
 from sharp_export.errors import UserInputError
-from sharp_export.targets import Target, TargetOption, missing_packages, register_target
+from sharp_export.targets import Target, TargetOption, missing_packages
 
 if TYPE_CHECKING:
     from sharp_export.artifact import Manifest
     from sharp_export.runtime.onnxruntime_runner import OnnxRuntimeRunner
 
-MODEL_FILE = "model.onnx"
-DEFAULT_OPSET = 18  # the lowest opset torch's dynamo exporter implements natively
 MIN_OPSET, MAX_OPSET = 7, 30  # plausible ONNX opsets; the exporter itself decides which it supports
-MAX_DYNAMIC_BATCH = 64
-INPUT_NAMES = ("image", "disparity_factor")
-EXTERNAL_DATA_ABOVE_BYTES = 1 << 30  # "auto": external weights from 1 GB on (the full preset: 2.6 GB)
 # Shared with the tensorrt target, which writes the same ONNX before building its engine.
 OPSET_OPTION = TargetOption("opset", int, DEFAULT_OPSET, "ONNX opset; the declared opset is verified after export")
-FP32_SCRATCH = ".fp32"  # the fp32 export a reduced-precision artifact starts from (removed after conversion)
 CALIB_SIZE_OPTION = TargetOption(
     "calib_size",
     int,
@@ -116,42 +114,12 @@ def validate(request: ExportRequest) -> None:
 
 
 def convert(ctx: ConvertContext) -> ConvertResult:
-    import shutil
+    from sharp_export.converters.onnx.export import use_external_data
+    from sharp_export.converters.onnx.precision import export_at_precision
 
-    from sharp_export.converters.onnx_export import export_onnx, use_external_data
-
-    options = ctx.request.options
-    precision = ctx.request.precision
-    external = use_external_data(options.get("external_data", "auto"), ctx.model)
-    calibration = None
-    if precision == "int8":
-        # Decode the photos first: a bad image fails in seconds, not after the export.
-        from sharp_export.calibration.dataset import load_calibration_set
-
-        assert ctx.request.calib_data is not None  # validate_request
-        calibration = load_calibration_set(
-            ctx.request.calib_data, int(ctx.example.image.shape[-1]), options.get("calib_size")
-        )
-    fp32_dir = ctx.workdir if precision == "fp32" else ctx.workdir / FP32_SCRATCH
-    fp32_dir.mkdir(exist_ok=True)
-    details = export_onnx(
-        ctx.model,
-        ctx.example,
-        ctx.io,
-        fp32_dir,
-        opset=int(options.get("opset", DEFAULT_OPSET)),
-        dynamic_batch=ctx.request.dynamic_batch,
-        external_data=external,
-        metadata=ctx.metadata,
-    )
-    if precision != "fp32":
-        from sharp_export.converters.onnx_quantize import reduce_precision
-
-        details.update(
-            reduce_precision(precision, fp32_dir, ctx.workdir, ctx.io, external_data=external, calibration=calibration)
-        )
-        shutil.rmtree(fp32_dir)
-    return ConvertResult(main_file=MODEL_FILE, details=details)
+    external = use_external_data(ctx.request.options.get("external_data", "auto"), ctx.model)
+    written = export_at_precision(ctx, ctx.workdir, external_data=external)
+    return ConvertResult(main_file=MODEL_FILE, details=written.details())
 
 
 def open_runner(artifact_dir: Path, manifest: Manifest, device: str = "cpu") -> OnnxRuntimeRunner:
@@ -160,31 +128,29 @@ def open_runner(artifact_dir: Path, manifest: Manifest, device: str = "cpu") -> 
     return open_onnx_artifact(artifact_dir, manifest, device)
 
 
-ONNX_TARGET = register_target(
-    Target(
-        name="onnx",
-        suffix=".onnx",
-        extra="onnx",
-        description="ONNX (dynamo exporter) for ONNX Runtime on CPU or CUDA",
-        precisions=("fp32", "fp16", "int8"),
-        supports_dynamic_batch=True,
-        supports_calibration=True,
-        tolerance_profiles={"fp16": "fp16-onnx", "int8": "int8-onnx"},
-        devices=("cpu", "cuda"),
-        options=(
-            OPSET_OPTION,
-            TargetOption(
-                "external_data",
-                str,
-                "auto",
-                "weights in model.onnx.data: auto = from 1 GB of weights on (always for the full preset)",
-                choices=("auto", "always", "never"),
-            ),
-            CALIB_SIZE_OPTION,
+ONNX_TARGET = Target(
+    name="onnx",
+    suffix=".onnx",
+    extra="onnx",
+    description="ONNX (dynamo exporter) for ONNX Runtime on CPU or CUDA",
+    precisions=("fp32", "fp16", "int8"),
+    supports_dynamic_batch=True,
+    supports_calibration=True,
+    tolerance_profiles={"fp16": "fp16-onnx", "int8": "int8-onnx"},
+    devices=("cpu", "cuda"),
+    options=(
+        OPSET_OPTION,
+        TargetOption(
+            "external_data",
+            str,
+            "auto",
+            "weights in model.onnx.data: auto = from 1 GB of weights on (always for the full preset)",
+            choices=("auto", "always", "never"),
         ),
-        check_environment=check_environment,
-        convert=convert,
-        open_runner=open_runner,
-        validate=validate,
-    )
+        CALIB_SIZE_OPTION,
+    ),
+    check_environment=check_environment,
+    convert=convert,
+    open_runner=open_runner,
+    validate=validate,
 )

@@ -9,13 +9,15 @@ OpenVINO runs the IR with ``INFERENCE_PRECISION_HINT=bf16`` in 14.1 s and the in
   runner when it compiles the model; the file is the same as for fp32.
 * Conversion goes through the ONNX file because ``ov.convert_model`` on the torch module took 17 minutes on
   the full preset (torch tracing of 702M parameters), the ONNX path a fraction of that.
-* ``--precision int8`` converts the onnx target's own int8 graph (``onnx_quantize.reduce_precision``: static
+* ``--precision int8`` converts the onnx target's own int8 graph (``converters/onnx/precision.py``: static
   QDQ, per-channel int8 weights, uint8 activations calibrated on ``--calib-data`` photos, the tail and the
   disparity head float). OpenVINO turns each Q/DQ pair into a FakeQuantize and runs those convolutions and
   matmuls on int8 kernels (VNNI / AMX where the CPU has them). NNCF's own quantizer was tried first and left
   out: at full size its statistics pass grew past 24 GB and was killed (``INT8_ROUTE_NOTE``).
 * ``--float-ops bf16`` (int8 only) compiles the same int8 IR with the bf16 hint, so the ops int8 leaves float run
   in bf16: 10.9 s on the full preset, the fastest CPU path measured, gated by its own rows (``int8-bf16-openvino``).
+
+This row is what the registry imports: OpenVINO, the ONNX step and torch are imported inside its functions only.
 """
 
 from __future__ import annotations
@@ -26,18 +28,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sharp_export.contract import ConvertContext, ConvertResult, ExportRequest
-from sharp_export.converters.onnx import (
-    CALIB_SIZE_OPTION,
-    DEFAULT_OPSET,
-    FP32_SCRATCH,
-    OPSET_OPTION,
-    validate_calibration,
-    validate_opset,
-)
-from sharp_export.converters.onnx import MODEL_FILE as ONNX_FILE
+from sharp_export.converters.onnx.graph import MODEL_FILE as ONNX_FILE
+from sharp_export.converters.onnx.target import CALIB_SIZE_OPTION, OPSET_OPTION, validate_calibration, validate_opset
 from sharp_export.errors import ConversionError, UserInputError
 from sharp_export.progress import echo, heartbeat, rss_gb
-from sharp_export.targets import Target, TargetOption, missing_packages, register_target
+from sharp_export.targets import Target, TargetOption, missing_packages
 
 if TYPE_CHECKING:
     from sharp_export.artifact import Manifest
@@ -54,7 +49,7 @@ FLOAT_OPS_OPTION = TargetOption(
     str,
     "f32",
     "int8 only: precision of the ops int8 leaves float; bf16 (CPUs with AVX-512 BF16 / AMX) is the fastest CPU "
-    "path measured (full preset, Xeon with AMX: 10.9 s against 16.6 s) at about twice int8's depth error",
+    "path measured (docs/benchmarks.md), at about twice int8's depth error",
     choices=FLOAT_OPS,
 )
 INT8_ROUTE_NOTE = (
@@ -103,37 +98,12 @@ def convert(ctx: ConvertContext) -> ConvertResult:
 
     import openvino as ov
 
-    from sharp_export.converters.onnx_export import export_onnx
+    from sharp_export.converters.onnx.precision import export_at_precision
 
     int8 = ctx.request.precision == "int8"
-    calibration = None
-    if int8:
-        # Decode the photos first: a bad image fails in seconds, not after the export.
-        from sharp_export.calibration.dataset import load_calibration_set
-
-        assert ctx.request.calib_data is not None  # validate_request
-        calibration = load_calibration_set(
-            ctx.request.calib_data, int(ctx.example.image.shape[-1]), ctx.request.options.get("calib_size")
-        )
     onnx_dir = ctx.workdir / ONNX_SUBDIR
-    fp32_dir = onnx_dir / FP32_SCRATCH if int8 else onnx_dir
-    fp32_dir.mkdir(parents=True)
-    details = export_onnx(
-        ctx.model,
-        ctx.example,
-        ctx.io,
-        fp32_dir,
-        opset=int(ctx.request.options.get("opset", DEFAULT_OPSET)),
-        dynamic_batch=ctx.request.dynamic_batch,
-        external_data=True,
-        metadata=ctx.metadata,
-    )
-    int8_details = None
-    if int8:
-        from sharp_export.converters.onnx_quantize import reduce_precision
-
-        int8_details = reduce_precision("int8", fp32_dir, onnx_dir, ctx.io, external_data=True, calibration=calibration)
-        shutil.rmtree(fp32_dir)
+    # int8 is the onnx target's int8 graph; fp32 and bf16 share the fp32 ONNX (bf16 is a compile-time hint).
+    written = export_at_precision(ctx, onnx_dir, external_data=True, precision="int8" if int8 else "fp32")
     start = time.perf_counter()
     try:
         with heartbeat("ov.convert_model"):
@@ -142,12 +112,12 @@ def convert(ctx: ConvertContext) -> ConvertResult:
         first = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
         raise ConversionError(f"OpenVINO could not read the ONNX model: {first}", fix="see export.log") from error
     convert_s = time.perf_counter() - start
-    if int8:
+    int8_details = None
+    if written.reduced is not None:
         fake_quantize = sum(1 for op in model.get_ordered_ops() if op.get_type_name() == "FakeQuantize")
         if fake_quantize == 0:  # never ship an fp32 model labelled int8
             raise ConversionError("OpenVINO kept no quantizer of the int8 ONNX", path=onnx_dir / ONNX_FILE)
-        assert int8_details is not None
-        int8_details = {"route": INT8_ROUTE_NOTE, "fake_quantize_ops": fake_quantize, **int8_details}
+        int8_details = {"route": INT8_ROUTE_NOTE, "fake_quantize_ops": fake_quantize, **written.reduced}
     for key, value in ctx.metadata.items():
         model.set_rt_info(value, ["sharp_export", key.removeprefix("sharp_export.")])
     start = time.perf_counter()
@@ -156,15 +126,16 @@ def convert(ctx: ConvertContext) -> ConvertResult:
     del model
     shutil.rmtree(onnx_dir)
     echo(f"    ov.convert_model {convert_s:.1f} s, save {save_s:.1f} s, RSS {rss_gb():.1f} GB")
+    exported = written.export
     details = {
-        "exporter": f"{details['exporter']} -> OpenVINO {ov.__version__} (ov.convert_model on the ONNX file)",
+        "exporter": f"{exported['exporter']} -> OpenVINO {ov.__version__} (ov.convert_model on the ONNX file)",
         "openvino": ov.__version__,
-        "onnx_opset": details["opset"],
+        "onnx_opset": exported["opset"],
         "weights": "int8 for the quantized ops, fp32 for the rest (save_model compress_to_fp16=False)"
         if int8
         else "fp32 (save_model compress_to_fp16=False)",
         "inference_precision_hint": inference_precision(ctx.request.precision, ctx.request.options),
-        "onnx_export_seconds": details["export_seconds"],
+        "onnx_export_seconds": exported["export_seconds"],
         "convert_seconds": round(convert_s, 2),
         "save_seconds": round(save_s, 2),
         "files": [MODEL_FILE, "model.bin"],
@@ -182,23 +153,21 @@ def open_runner(artifact_dir: Path, manifest: Manifest, device: str = "cpu") -> 
     return OpenVINORunner(path, manifest.io, device, hint, int8=manifest.precision == "int8")
 
 
-OPENVINO_TARGET = register_target(
-    Target(
-        name="openvino",
-        suffix=".xml",
-        extra="openvino",
-        description="OpenVINO IR for CPUs; bf16 runs on AVX-512 BF16 / AMX (the fastest CPU path measured)",
-        precisions=("fp32", "bf16", "int8"),
-        supports_dynamic_batch=True,
-        supports_calibration=True,
-        devices=("cpu",),
-        options=(OPSET_OPTION, CALIB_SIZE_OPTION, FLOAT_OPS_OPTION),
-        tolerance_profiles={"bf16": "bf16-openvino", "int8": "int8-openvino"},
-        option_tolerance_profiles={("int8", "float_ops", "bf16"): "int8-bf16-openvino"},
-        check_environment=check_environment,
-        check_export_environment=export_environment,
-        convert=convert,
-        open_runner=open_runner,
-        validate=validate,
-    )
+OPENVINO_TARGET = Target(
+    name="openvino",
+    suffix=".xml",
+    extra="openvino",
+    description="OpenVINO IR for CPUs; bf16 runs on AVX-512 BF16 / AMX (the fastest CPU path measured)",
+    precisions=("fp32", "bf16", "int8"),
+    supports_dynamic_batch=True,
+    supports_calibration=True,
+    devices=("cpu",),
+    options=(OPSET_OPTION, CALIB_SIZE_OPTION, FLOAT_OPS_OPTION),
+    tolerance_profiles={"bf16": "bf16-openvino", "int8": "int8-openvino"},
+    option_tolerance_profiles={("int8", "float_ops", "bf16"): "int8-bf16-openvino"},
+    check_environment=check_environment,
+    check_export_environment=export_environment,
+    convert=convert,
+    open_runner=open_runner,
+    validate=validate,
 )

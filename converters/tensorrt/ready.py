@@ -2,20 +2,20 @@
 
 TensorRT 11 builds *strongly typed* networks only (its FP16/INT8 builder flags and calibrators are gone) and
 TensorRT 10.x does so when asked (``--stronglyTyped``): every tensor's type then follows from the ONNX itself, so
-the precision must live in the ONNX. This module writes that ONNX with the onnx target's code and checks it here,
-where TensorRT cannot be installed:
+the precision must live in the ONNX. The step every ONNX-based target shares (``converters/onnx/precision.py``)
+writes it with TensorRT's rules, and this module checks it here, where TensorRT cannot be installed:
 
-* **fp16 / bf16**: the onnx target's explicit cast plan (``converters/onnx_half.py``), network in half
+* **fp16 / bf16**: the onnx target's explicit cast plan (``converters/onnx/half.py``), network in half
   precision, the tail and the GroupNorm statistics fp32, a Cast on every edge between them. bf16 needs opset 22
   (the first opset whose Conv and MatMul accept bfloat16); ONNX Runtime's CPU kernels have no bf16, so the bf16
   ONNX is checked structurally only.
 * **fp8** (TensorRT 11 on SM89+): the int8 graph below with every Q/DQ retyped to float8e4m3fn and rescaled to
-  amax / 448 (``converters/onnx_fp8.py``); opset 19.
+  amax / 448 (``converters/onnx/fp8.py``); opset 19.
 * **int8**: ONNX Runtime's static QDQ quantizer with TensorRT's rules: activations **int8 symmetric** (zero point
   0; TensorRT rejects any other zero point and uint8 activations), weights int8 symmetric per output channel,
   calibrated on real photos (the calibration package). The tail and the disparity head stay fp32, as for onnx.
 * **--quantizer modelopt** (int8, fp8): NVIDIA ModelOpt's ONNX PTQ places the Q/DQ instead, same calibration
-  photos and float modules (``converters/onnx_modelopt.py``); opset 19.
+  photos and float modules (``converters/onnx/modelopt.py``); opset 19.
 * **static checks** (:func:`check_tensorrt_ready`): the declared opset against the TensorRT release's parser,
   every op type against the parser's operator list, the parser's documented restrictions that can be checked on
   a graph (constant ``axes``, pooling dilations, Resize modes), the element types present, the Q/DQ zero points,
@@ -104,30 +104,6 @@ TENSORRT_ELEM_TYPES = {1: "float32", 2: "uint8", 3: "int8", 6: "int32", 7: "int6
 FLOAT_TYPES_BY_PRECISION = {"fp32": {"float32"}, "fp16": {"float32", "float16"}, "bf16": {"float32", "bfloat16"},
                             "int8": {"float32"}, "fp8": {"float32"}}  # fmt: skip
 QUANTIZED_TYPE = {"int8": "int8", "fp8": "float8e4m3fn"}  # the Q/DQ zero-point (quantized) type per precision
-
-
-# ---- building -------------------------------------------------------------------------------------------------
-
-
-def write_tensorrt_ready_onnx(
-    precision: str, fp32_dir: Path, out_dir: Path, io: IOSpec, *, calibration: Any = None, quantizer: str = "ort"
-) -> dict[str, Any]:
-    """The ``precision`` TensorRT-ready ONNX in ``out_dir`` from the fp32 export in ``fp32_dir`` (external data).
-
-    ``quantizer`` (int8 / fp8): "ort" (ONNX Runtime's quantizer with TensorRT's rules) or "modelopt".
-    """
-    from sharp_export.converters.onnx_quantize import reduce_precision
-
-    return reduce_precision(
-        precision,
-        fp32_dir,
-        out_dir,
-        io,
-        external_data=True,
-        calibration=calibration,
-        int8_rules="tensorrt",
-        quantizer=quantizer,
-    )
 
 
 # ---- checking -------------------------------------------------------------------------------------------------

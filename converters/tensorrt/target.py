@@ -1,4 +1,4 @@
-"""The TensorRT target (thin): TensorRT-ready ONNX (converters/tensorrt_ready.py) -> parse -> build -> serialize.
+"""The TensorRT target row: TensorRT-ready ONNX (``ready.py``) -> parse -> build -> serialize (``build.py``).
 
 Precision lives in the ONNX (fp16/bf16 casts, int8 / fp8 Q/DQ) and the network is built strongly typed, the only mode
 of TensorRT 11 and an opt-in of TensorRT 10, so TensorRT builds exactly the precision asked and no builder
@@ -11,53 +11,42 @@ bf16 (ONNX Runtime's CPU kernels have no bf16). With a build, the plan file is w
 front of it), so ``trtexec --loadEngine`` and any TensorRT runtime read it directly; everything about it lives
 in manifest.json.
 
-TensorRT cannot be installed on the project's CPU machines: the builder below is written against the documented
-Python API and is not run there; everything before it is.
+TensorRT cannot be installed on the project's CPU machines: the builder (``build.py``) is written against the
+documented Python API and is not run there; everything before it is. This row is what the registry imports: the
+ONNX code, TensorRT and torch are imported inside its functions only, so `sharp-export --help` stays instant.
 """
 
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sharp_export.contract import ConvertContext, ConvertResult, ExampleInputs, ExportRequest
-from sharp_export.converters.onnx import (
+from sharp_export.contract import ConvertContext, ConvertResult, ExportRequest, ParityContext
+from sharp_export.converters.onnx.graph import DEFAULT_OPSET, MODEL_FILE
+from sharp_export.converters.onnx.modelopt import INSTALL_HINT as MODELOPT_INSTALL_HINT
+from sharp_export.converters.onnx.modelopt import MODELOPT_PRECISIONS, QUANTIZERS, check_modelopt
+from sharp_export.converters.onnx.target import (
     CALIB_SIZE_OPTION,
-    DEFAULT_OPSET,
-    FP32_SCRATCH,
-    MODEL_FILE,
     OPSET_OPTION,
     require_ort_cuda,
     validate_calibration,
     validate_opset,
 )
-from sharp_export.converters.onnx import check_environment as check_onnx_environment
-from sharp_export.converters.onnx_modelopt import INSTALL_HINT as MODELOPT_INSTALL_HINT
-from sharp_export.converters.onnx_modelopt import MODELOPT_PRECISIONS, QUANTIZERS, check_modelopt
-from sharp_export.converters.tensorrt_ready import (
+from sharp_export.converters.onnx.target import check_environment as check_onnx_environment
+from sharp_export.converters.tensorrt.ready import (
     DEFAULT_RELEASE,
     TENSORRT_RELEASES,
     batch_profile,
     check_tensorrt_ready,
     trtexec_command,
-    write_tensorrt_ready_onnx,
 )
-from sharp_export.errors import ConversionError, UserInputError
-from sharp_export.progress import echo, rss_gb
-from sharp_export.targets import (
-    CALIBRATED_PRECISIONS,
-    Target,
-    TargetOption,
-    missing_packages,
-    package_version,
-    register_target,
-)
+from sharp_export.errors import UserInputError
+from sharp_export.progress import echo
+from sharp_export.targets import CALIBRATED_PRECISIONS, Target, TargetOption, missing_packages
 
 if TYPE_CHECKING:
     from sharp_export.artifact import Manifest
-    from sharp_export.reference.gaussians import Gaussians3D
     from sharp_export.runtime.base import Runner
 
 PLAN_FILE = "model.plan"
@@ -100,84 +89,6 @@ def is_plan_artifact(manifest: Manifest) -> bool:
 
 def check_runner_environment(manifest: Manifest) -> str | None:
     return check_environment() if is_plan_artifact(manifest) else check_onnx_environment()
-
-
-def trt_major(version: str) -> int:
-    return int(version.split(".")[0])
-
-
-def build_engine(
-    onnx_path: Path,
-    plan_path: Path,
-    *,
-    workspace_gb: float,
-    timing_cache: Path | None,
-    batch_shapes: tuple[int, int, int] | None,  # (min, opt, max) batch for a dynamic-batch model
-    resolution: int,
-    optimization_level: int = 3,
-    version_compatible: bool = False,
-    hardware_compatible: bool = False,
-) -> dict[str, Any]:
-    """Parse -> build (strongly typed) -> serialize with the TensorRT Python API; writes the raw plan bytes."""
-    import tensorrt as trt
-
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    # Strongly typed: tensor types come from the ONNX's casts and Q/DQ. TensorRT 11 has no other mode (and may
-    # drop the flag); on TensorRT 10 without it, the builder could pick other precisions than the ONNX's.
-    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
-    if flag is None and trt_major(trt.__version__) < 11:
-        raise ConversionError(
-            f"TensorRT {trt.__version__} cannot build strongly typed networks",
-            fix="use TensorRT 10.0 or newer",
-        )
-    network = builder.create_network(0 if flag is None else 1 << int(flag))
-    parser = trt.OnnxParser(network, logger)
-    # parse_from_file resolves model.onnx.data relative to the model's directory.
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise ConversionError(f"TensorRT's ONNX parser failed: {errors}", path=onnx_path)
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
-    config.builder_optimization_level = optimization_level
-    if version_compatible:
-        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
-    if hardware_compatible:
-        config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS
-    cache_bytes = timing_cache.read_bytes() if timing_cache is not None and timing_cache.is_file() else b""
-    cache = config.create_timing_cache(cache_bytes)
-    config.set_timing_cache(cache, ignore_mismatch=False)
-    if batch_shapes is not None:
-        low, opt, high = batch_shapes
-        profile = builder.create_optimization_profile()
-        image = [(b, 3, resolution, resolution) for b in (low, opt, high)]
-        profile.set_shape("image", *image)
-        profile.set_shape("disparity_factor", (low,), (opt,), (high,))
-        config.add_optimization_profile(profile)
-    start = time.perf_counter()
-    plan = builder.build_serialized_network(network, config)
-    build_s = time.perf_counter() - start
-    if plan is None:
-        raise ConversionError("TensorRT engine build failed (see the TensorRT log lines above)", path=onnx_path)
-    plan_path.write_bytes(bytes(plan))
-    echo(f"    TensorRT build {build_s:.1f} s, RSS {rss_gb():.1f} GB")
-    if timing_cache is not None:
-        timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
-    import torch
-
-    capability = torch.cuda.get_device_capability() if torch.cuda.is_available() else None
-    return {
-        "tensorrt_version": trt.__version__,
-        "gpu_compute_capability": f"{capability[0]}.{capability[1]}" if capability else None,
-        "gpu_name": torch.cuda.get_device_name() if capability else None,
-        "build_seconds": round(build_s, 2),
-        "workspace_gb": workspace_gb,
-        "batch_profile": list(batch_shapes) if batch_shapes else None,
-        "strongly_typed": flag is not None or trt_major(trt.__version__) >= 11,
-        "builder_optimization_level": optimization_level,
-        "version_compatible": version_compatible,
-        "hardware_compatibility": "ampere_plus" if hardware_compatible else None,
-    }
 
 
 def validate(request: ExportRequest) -> None:
@@ -238,43 +149,15 @@ def convert(ctx: ConvertContext) -> ConvertResult:
     precision = ctx.request.precision
     build = builds_plan(options)
     release = options.get("trt_compat", DEFAULT_RELEASE)
-    calibration = None
-    if precision in CALIBRATED_PRECISIONS:
-        from sharp_export.calibration.dataset import load_calibration_set
+    from sharp_export.converters.onnx.precision import export_at_precision
 
-        assert ctx.request.calib_data is not None  # validate_request
-        calibration = load_calibration_set(
-            ctx.request.calib_data, int(ctx.example.image.shape[-1]), options.get("calib_size")
-        )
     # The ONNX sits at the artifact's root with --no-build (it is the artifact), in onnx/ beside a plan.
     onnx_dir = ctx.workdir / ONNX_SUBDIR if build else ctx.workdir
-    fp32_dir = onnx_dir if precision == "fp32" else ctx.workdir / FP32_SCRATCH
-    fp32_dir.mkdir(parents=True, exist_ok=True)
-    from sharp_export.converters.onnx_export import export_onnx
-
-    details = export_onnx(
-        ctx.model,
-        ctx.example,
-        ctx.io,
-        fp32_dir,
-        opset=int(options.get("opset", DEFAULT_OPSET)),
-        dynamic_batch=ctx.request.dynamic_batch,
-        external_data=True,  # one data file beside the model: what TensorRT's parser resolves
-        metadata=ctx.metadata,
+    # External data: one data file beside the model, which TensorRT's parser resolves.
+    written = export_at_precision(
+        ctx, onnx_dir, external_data=True, int8_rules="tensorrt", quantizer=options.get("quantizer", "ort")
     )
-    if precision != "fp32":
-        onnx_dir.mkdir(parents=True, exist_ok=True)
-        details.update(
-            write_tensorrt_ready_onnx(
-                precision,
-                fp32_dir,
-                onnx_dir,
-                ctx.io,
-                calibration=calibration,
-                quantizer=options.get("quantizer", "ort"),
-            )
-        )
-        shutil.rmtree(fp32_dir)
+    details = written.details()
     onnx_path = onnx_dir / MODEL_FILE
     echo(f"    checking the ONNX against the {TENSORRT_RELEASES[release].label} parser")
     details["tensorrt_ready"] = check_tensorrt_ready(onnx_path, precision, release)
@@ -302,6 +185,8 @@ def convert(ctx: ConvertContext) -> ConvertResult:
         echo(f"    --no-build: build the plan on the target machine with:\n      {command}")
         details["engine"] = None
         return ConvertResult(main_file=MODEL_FILE, details=details)
+    from sharp_export.converters.tensorrt.build import build_engine
+
     timing_cache = Path(cache_option) if cache_option else ctx.workdir / TIMING_CACHE_FILE
     details["tensorrt"] = build_engine(
         onnx_path,
@@ -319,20 +204,13 @@ def convert(ctx: ConvertContext) -> ConvertResult:
     return ConvertResult(main_file=PLAN_FILE, details=details)
 
 
-def parity_hook(
-    artifact_dir: Path,
-    manifest: Manifest,
-    example: ExampleInputs,
-    reference: Gaussians3D,
-    target: Target,
-    device: str,
-) -> dict[str, Any] | None:
+def parity_hook(ctx: ParityContext) -> dict[str, Any] | None:
     """None (run the artifact: the plan in TensorRT, the ONNX in ONNX Runtime), except a bf16 ONNX."""
-    if is_plan_artifact(manifest) or manifest.precision != "bf16":
+    if is_plan_artifact(ctx.manifest) or ctx.manifest.precision != "bf16":
         return None
-    checks = manifest.conversion.get("tensorrt_ready", {})
+    checks = ctx.manifest.conversion.get("tensorrt_ready", {})
     echo(f"    bf16 ONNX: structural checks passed ({checks.get('casts', '?')} casts); {BF16_PARITY_NOTE}")
-    return {"status": "deferred", "reason": BF16_PARITY_NOTE, "structural_checks": "passed", "batch": example.batch}
+    return {"status": "deferred", "reason": BF16_PARITY_NOTE, "structural_checks": "passed", "batch": ctx.example.batch}
 
 
 def open_runner(artifact_dir: Path, manifest: Manifest, device: str = "cuda") -> Runner:
@@ -354,77 +232,69 @@ def open_runner(artifact_dir: Path, manifest: Manifest, device: str = "cuda") ->
     return TensorRTRunner(Path(artifact_dir) / manifest.main_file, manifest, device)
 
 
-TENSORRT_TARGET = register_target(
-    Target(
-        name="tensorrt",
-        suffix=".plan",
-        extra="tensorrt",
-        description="TensorRT engine (NVIDIA GPUs; the plan is specific to the GPU and TensorRT version)",
-        precisions=("fp32", "fp16", "bf16", "int8", "fp8"),
-        supports_dynamic_batch=True,
-        supports_calibration=True,
-        devices=("cuda", "cpu"),  # cpu: the --no-build ONNX in ONNX Runtime
-        options=(
-            OPSET_OPTION,
-            TargetOption(
-                "build",
-                bool,
-                True,
-                "build the plan here (needs TensorRT and a GPU); --no-build writes the TensorRT-ready ONNX, the "
-                "manifest and the trtexec line for the target machine, and checks the ONNX in ONNX Runtime "
-                "(default --device cpu)",
-            ),
-            TargetOption(
-                "trt_compat",
-                str,
-                DEFAULT_RELEASE,
-                "TensorRT release the ONNX must parse on: 11 (servers) or 10.3 (JetPack 6, Jetson Orin)",
-                choices=tuple(TENSORRT_RELEASES),
-            ),
-            TargetOption("workspace_gb", float, 8.0, "builder workspace memory pool limit in GB"),
-            TargetOption(
-                "timing_cache", str, "", "timing cache file to reuse and update (default: inside the artifact)"
-            ),
-            TargetOption("optimization_level", int, 3, "builder optimisation level 0..5 (higher: slower build)"),
-            TargetOption(
-                "version_compatible", bool, False, "plan runs on later TensorRT versions too (lean runtime inside)"
-            ),
-            TargetOption("hardware_compatible", bool, False, "plan runs on any Ampere+ discrete GPU (may be slower)"),
-            TargetOption(
-                "max_batch", int, DEFAULT_MAX_BATCH, "largest batch of the --dynamic-batch profile (min 1, opt 1)"
-            ),
-            CALIB_SIZE_OPTION,
-            TargetOption(
-                "quantizer",
-                str,
-                "ort",
-                "who places the int8 / fp8 Q/DQ: ort (ONNX Runtime's quantizer with TensorRT's rules) or modelopt "
-                f"(NVIDIA ModelOpt ONNX PTQ, {MODELOPT_INSTALL_HINT})",
-                choices=QUANTIZERS,
-            ),
-            TargetOption("keep_onnx", bool, False, "keep the TensorRT-ready ONNX in the built artifact (onnx/)"),
+TENSORRT_TARGET = Target(
+    name="tensorrt",
+    suffix=".plan",
+    extra="tensorrt",
+    description="TensorRT engine (NVIDIA GPUs; the plan is specific to the GPU and TensorRT version)",
+    precisions=("fp32", "fp16", "bf16", "int8", "fp8"),
+    supports_dynamic_batch=True,
+    supports_calibration=True,
+    devices=("cuda", "cpu"),  # cpu: the --no-build ONNX in ONNX Runtime
+    options=(
+        OPSET_OPTION,
+        TargetOption(
+            "build",
+            bool,
+            True,
+            "build the plan here (needs TensorRT and a GPU); --no-build writes the TensorRT-ready ONNX, the "
+            "manifest and the trtexec line for the target machine, and checks the ONNX in ONNX Runtime "
+            "(default --device cpu)",
         ),
-        check_environment=check_environment,
-        check_export_environment=check_export_environment,
-        check_runner_environment=check_runner_environment,
-        default_device=default_device,
-        convert=convert,
-        open_runner=open_runner,
-        parity_hook=parity_hook,
-        # Engines: TF32 fp32; fp16 / bf16 / int8 rows are the generic provisional ones (no TensorRT measurement
-        # exists); fp8's row is measured on the fp8 ONNX in ONNX Runtime. The --no-build ONNX is gated by the same
-        # rows when it runs in ONNX Runtime.
-        tolerance_profiles={
-            "fp32": "fp32-tf32",
-            "fp16": "fp16",
-            "bf16": "bf16",
-            "int8": "int8",
-            "fp8": "fp8-tensorrt",
-        },
-        validate=validate,
-    )
+        TargetOption(
+            "trt_compat",
+            str,
+            DEFAULT_RELEASE,
+            "TensorRT release the ONNX must parse on: 11 (servers) or 10.3 (JetPack 6, Jetson Orin)",
+            choices=tuple(TENSORRT_RELEASES),
+        ),
+        TargetOption("workspace_gb", float, 8.0, "builder workspace memory pool limit in GB"),
+        TargetOption("timing_cache", str, "", "timing cache file to reuse and update (default: inside the artifact)"),
+        TargetOption("optimization_level", int, 3, "builder optimisation level 0..5 (higher: slower build)"),
+        TargetOption(
+            "version_compatible", bool, False, "plan runs on later TensorRT versions too (lean runtime inside)"
+        ),
+        TargetOption("hardware_compatible", bool, False, "plan runs on any Ampere+ discrete GPU (may be slower)"),
+        TargetOption(
+            "max_batch", int, DEFAULT_MAX_BATCH, "largest batch of the --dynamic-batch profile (min 1, opt 1)"
+        ),
+        CALIB_SIZE_OPTION,
+        TargetOption(
+            "quantizer",
+            str,
+            "ort",
+            "who places the int8 / fp8 Q/DQ: ort (ONNX Runtime's quantizer with TensorRT's rules) or modelopt "
+            f"(NVIDIA ModelOpt ONNX PTQ, {MODELOPT_INSTALL_HINT})",
+            choices=QUANTIZERS,
+        ),
+        TargetOption("keep_onnx", bool, False, "keep the TensorRT-ready ONNX in the built artifact (onnx/)"),
+    ),
+    check_environment=check_environment,
+    check_export_environment=check_export_environment,
+    check_runner_environment=check_runner_environment,
+    default_device=default_device,
+    convert=convert,
+    open_runner=open_runner,
+    parity_hook=parity_hook,
+    # Engines: TF32 fp32; fp16 / bf16 / int8 rows are the generic provisional ones (no TensorRT measurement
+    # exists); fp8's row is measured on the fp8 ONNX in ONNX Runtime. The --no-build ONNX is gated by the same
+    # rows when it runs in ONNX Runtime.
+    tolerance_profiles={
+        "fp32": "fp32-tf32",
+        "fp16": "fp16",
+        "bf16": "bf16",
+        "int8": "int8",
+        "fp8": "fp8-tensorrt",
+    },
+    validate=validate,
 )
-
-
-def installed_version() -> str | None:
-    return package_version("tensorrt")

@@ -17,7 +17,10 @@ import click
 
 from sharp_export.commands.base import OneLineCommand
 from sharp_export.commands.options import model_options
-from sharp_export.targets import Target, TargetOption, all_targets
+from sharp_export.contract import ExportRequest
+from sharp_export.errors import UserInputError
+from sharp_export.registry import all_targets
+from sharp_export.targets import Target, TargetOption
 
 # Names taken by the shared options; a TargetOption must not reuse them.
 COMMON_PARAMS = (
@@ -85,8 +88,6 @@ def make_target_command(target: Target) -> click.Command:
     default_device = target.device_for({o.name: o.default for o in target.options})
 
     def callback(**params: Any) -> None:
-        from sharp_export.contract import ExportRequest
-        from sharp_export.errors import UserInputError
         from sharp_export.export import run_export  # torch is imported only when a command runs
 
         # --fp16 is a shorthand; an explicit different --precision is a conflict, never silently overridden.

@@ -1,4 +1,8 @@
-"""`sharp-export parity`: an artifact against the reference (or a golden bundle); exit code 3 on failure."""
+"""`sharp-export parity`: an artifact against the reference (or a golden bundle); exit code 3 on failure.
+
+torch, the reference model and the runtimes are imported inside the command: the CLI imports this module for
+`sharp-export --help`, which must stay instant.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +11,17 @@ from pathlib import Path
 
 import click
 
+from sharp_export.artifact import check_output_path
 from sharp_export.commands.base import OneLineCommand
 from sharp_export.commands.options import max_pixels_option, model_options
-from sharp_export.targets import all_devices
+from sharp_export.errors import UserInputError
+from sharp_export.outputs import FORCE_HINT, ensure_folder
+from sharp_export.progress import echo
+from sharp_export.registry import all_devices, resolve_artifact
 
 
 def check_report_path(report: Path, force: bool) -> None:
     """The --report file can be written: its folder exists and takes files, nothing is in the way."""
-    from sharp_export.errors import UserInputError
-    from sharp_export.outputs import FORCE_HINT, ensure_folder
 
     if report.is_dir():
         raise UserInputError("--report is a folder; it names the JSON file to write", path=report)
@@ -66,14 +72,10 @@ def command(
     With --write-golden DIR it saves inputs, reference Gaussians and renders instead (no ARTIFACT), and
     `parity ARTIFACT --golden DIR` checks an artifact against such a bundle without PyTorch weights.
     """
-    from sharp_export.artifact import check_output_path, read_manifest
-    from sharp_export.errors import UserInputError
     from sharp_export.parity import harness
     from sharp_export.parity.lpips import load_lpips, lpips_status
     from sharp_export.parity.report import format_table, raise_if_failed, to_json
-    from sharp_export.parity.tolerances import load_tolerances
     from sharp_export.parity.views import DEFAULT_POSES
-    from sharp_export.progress import echo
     from sharp_export.reference.ply import write_atomic
     from sharp_export.reference.preprocess import list_images
 
@@ -90,7 +92,8 @@ def command(
         return
     if artifact is None:
         raise UserInputError("no ARTIFACT given", fix="sharp-export parity ARTIFACT_DIR (or --write-golden DIR)")
-    manifest = read_manifest(artifact)
+    resolved = resolve_artifact(artifact)  # the manifest, read once, and its target row
+    manifest = resolved.manifest
     explicit_preset = ctx.get_parameter_source("preset") == click.core.ParameterSource.COMMANDLINE
     if explicit_preset and manifest.source.get("preset") != preset:
         raise UserInputError(
@@ -99,12 +102,12 @@ def command(
             fix="drop --preset; parity uses the artifact's own preset",
         )
     check_report_path(report, force)
-    tols = load_tolerances(manifest.target, manifest.precision, tolerances, options=manifest.options)
+    tols = resolved.tolerances(tolerances)
     lpips_model = load_lpips(lpips_weights) if poses else None
     if poses and lpips_model is None:
         echo(lpips_status(lpips_weights).message() + "; the view gate uses PSNR and SSIM only")
     result = harness.check_artifact(
-        artifact, tolerances=tols, poses=pose_names, lpips_model=lpips_model, device=device, golden=golden,
+        resolved, tolerances=tols, poses=pose_names, lpips_model=lpips_model, device=device, golden=golden,
         image_paths=paths, preset=preset, checkpoint=checkpoint, seed=seed, max_pixels=max_pixels,
     )  # fmt: skip
     click.echo(format_table(result))

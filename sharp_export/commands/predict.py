@@ -1,4 +1,8 @@
-"""`sharp-export predict`: images -> PLY files with the reference PyTorch model."""
+"""`sharp-export predict`: images -> PLY files with the reference PyTorch model.
+
+torch, the reference model and the runtimes are imported inside the command: the CLI imports this module for
+`sharp-export --help`, which must stay instant.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +19,8 @@ from sharp_export.commands.options import (
     model_options,
     ply_format_options,
 )
+from sharp_export.errors import UserInputError
+from sharp_export.outputs import for_each_input, output_folder, plan_outputs
 from sharp_export.progress import echo
 
 
@@ -74,8 +80,6 @@ def command(
     """
     import torch
 
-    from sharp_export.errors import UserInputError
-    from sharp_export.outputs import for_each_input, output_folder, plan_outputs
     from sharp_export.pipeline import gaussians_for_image, resolve_device
     from sharp_export.reference.checkpoint import build_model
     from sharp_export.reference.ply import save_ply

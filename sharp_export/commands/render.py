@@ -1,4 +1,8 @@
-"""`sharp-export render`: PLY scenes -> trajectory videos (colour + depth), on CUDA (gsplat) or any CPU."""
+"""`sharp-export render`: PLY scenes -> trajectory videos (colour + depth), on CUDA (gsplat) or any CPU.
+
+torch, the reference model and the runtimes are imported inside the command: the CLI imports this module for
+`sharp-export --help`, which must stay instant.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,8 @@ import click
 
 from sharp_export.commands.base import OneLineCommand
 from sharp_export.commands.options import batch_options
+from sharp_export.errors import UserInputError
+from sharp_export.outputs import for_each_input, output_folder, plan_outputs
 from sharp_export.progress import echo
 
 _RESOLUTION = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
@@ -18,7 +24,6 @@ MAX_RENDER_SIDE = 16384  # px; far above any video size, far below what exhausts
 
 def parse_resolution(text: str | None) -> tuple[int, int] | None:
     """'WxH' -> (W, H); None stays None."""
-    from sharp_export.errors import UserInputError
 
     if text is None:
         return None
@@ -36,7 +41,6 @@ def parse_resolution(text: str | None) -> tuple[int, int] | None:
 
 def check_render_size(path: Path, width: int, height: int) -> None:
     """A PLY's image size decides the default render size; refuse one no video could hold."""
-    from sharp_export.errors import UserInputError
 
     if max(width, height) > MAX_RENDER_SIDE:
         raise UserInputError(
@@ -95,8 +99,6 @@ def command(
     A bad scene is reported on its own line and the others are still rendered (exit code non-zero at the
     end); --fail-fast stops at the first. Existing outputs are refused unless --force is given.
     """
-    from sharp_export.errors import UserInputError
-    from sharp_export.outputs import for_each_input, output_folder, plan_outputs
     from sharp_export.reference.ply import check_scene, load_ply
     from sharp_export.reference.render import make_trajectory, render_trajectory, resolve_backend
 

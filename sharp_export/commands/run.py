@@ -2,6 +2,9 @@
 
 `run` goes through the same ``gaussians_for_image`` and ``save_ply`` as `predict`, so the only difference
 between their PLY files is the runner that computed the raw Gaussians.
+
+torch, the reference model and the runtimes are imported inside the command: the CLI imports this module for
+`sharp-export --help`, which must stay instant.
 """
 
 from __future__ import annotations
@@ -14,8 +17,11 @@ import click
 
 from sharp_export.commands.base import OneLineCommand
 from sharp_export.commands.options import batch_options, max_pixels_option, ply_format_options
+from sharp_export.env import environment_report, format_environment
+from sharp_export.errors import UserInputError
+from sharp_export.outputs import for_each_input, output_folder, plan_outputs
 from sharp_export.progress import echo
-from sharp_export.targets import all_devices
+from sharp_export.registry import all_devices, resolve_artifact
 
 
 @click.command("run", cls=OneLineCommand)
@@ -46,25 +52,22 @@ def run_command(
     """
     import torch
 
-    from sharp_export.artifact import read_manifest
     from sharp_export.commands.predict import planned_outputs, scene_suffix
-    from sharp_export.errors import UserInputError
-    from sharp_export.outputs import for_each_input, output_folder, plan_outputs
     from sharp_export.pipeline import gaussians_for_image
     from sharp_export.reference.ply import save_ply
     from sharp_export.reference.preprocess import list_images
-    from sharp_export.runtime.base import open_runner
 
     if y_up and ply_format == "official":
         raise UserInputError("--y-up applies to --format viewer or splat; the official PLY keeps OpenCV axes")
-    manifest = read_manifest(artifact)
+    resolved = resolve_artifact(artifact, verify=verify)  # the manifest, read once, and its target row
+    manifest = resolved.manifest
     images = list_images(list(inputs))
     suffix = scene_suffix(ply_format)
     plan_outputs(planned_outputs(images, out_dir, suffix, render=False), force)
     resolution = int(manifest.preprocessing["resolution"])
     with output_folder(out_dir):
         start = time.perf_counter()
-        with open_runner(artifact, device, verify=verify) as runner:
+        with resolved.runner(device) as runner:
             echo(
                 f"artifact: {manifest.target} {manifest.precision}, preset '{manifest.source.get('preset')}', "
                 f"{manifest.source.get('label')} ({time.perf_counter() - start:.1f} s to open)"
@@ -90,11 +93,10 @@ def run_command(
 @click.command("env", cls=OneLineCommand)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option(
-    "--probe", is_flag=True, help="Also import torch and onnxruntime to report CUDA and ORT providers (~2 s)."
+    "--probe", is_flag=True, help="Also import torch and onnxruntime to report CUDA and ORT providers (slower)."
 )
 def env_command(as_json: bool, probe: bool) -> None:
     """Versions of torch and every optional backend, and which targets are usable here (for issue reports)."""
-    from sharp_export.env import environment_report, format_environment
 
     report = environment_report(include_runtime_probes=probe)
     click.echo(json.dumps(report, indent=2) if as_json else format_environment(report))

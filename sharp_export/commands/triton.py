@@ -1,6 +1,6 @@
 """`sharp-export triton`: package an exported artifact as one model of a Triton Inference Server repository.
 
-The work lives in ``sharp_export.converters.triton``; this module parses the flags. It is imported at CLI
+The work lives in ``sharp_export.triton``; this module parses the flags. It is imported at CLI
 start, so it imports nothing heavy at module level (``sharp-export --help`` stays fast).
 """
 
@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from sharp_export.commands.base import OneLineCommand
+from sharp_export.triton import write_triton_repository
 
 
 @click.command("triton", cls=OneLineCommand)
@@ -76,7 +77,6 @@ def command(
 
     Prints the model folder on stdout.
     """
-    from sharp_export.converters.triton import write_triton_repository
 
     model_dir = write_triton_repository(
         artifact,

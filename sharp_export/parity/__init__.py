@@ -2,7 +2,7 @@
 
 Typical use::
 
-    tolerances = load_tolerances("onnx", "fp16", overrides=None)
+    tolerances = profile_tolerances("fp16-onnx", overrides=None)  # registry.load_tolerances("onnx", "fp16")
     attributes = compare_gaussians(reference, candidate, tolerances, space="raw")
     ref_views = render_views(ref_unprojected, meta)
     cand_views = render_views(cand_unprojected, meta, trajectory_from=ref_unprojected)  # same cameras
@@ -34,7 +34,7 @@ _EXPORTS = {
     "to_json": "report",
     "PROFILES": "tolerances",
     "Tolerance": "tolerances",
-    "load_tolerances": "tolerances",
+    "profile_tolerances": "tolerances",
     "ViewResult": "views",
     "compare_renders": "views",
     "compare_views": "views",

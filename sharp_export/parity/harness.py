@@ -13,18 +13,27 @@ import json
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from sharp_export.artifact import atomic_directory
 from sharp_export.errors import UserInputError
 from sharp_export.parity.compare import compare_gaussians
 from sharp_export.parity.report import ParityReport
 from sharp_export.parity.views import DEFAULT_POSES, compare_renders, render_views
+from sharp_export.pipeline import load_photo
 from sharp_export.progress import echo
+from sharp_export.reference.checkpoint import build_model
 from sharp_export.reference.gaussians import GAUSSIAN_FIELDS, Gaussians3D, SceneMeta, unproject_gaussians
-from sharp_export.reference.preprocess import DEFAULT_MAX_PIXELS, load_image, prepare_input
+from sharp_export.reference.preprocess import DEFAULT_MAX_PIXELS, prepare_input
+from sharp_export.reference.render import RenderOutput
+from sharp_export.runtime.torch_runner import TorchRunner
+from sharp_export.samples import sample_image_path
+
+if TYPE_CHECKING:
+    from sharp_export.registry import ResolvedArtifact
 
 GOLDEN_INDEX = "golden.json"
 GOLDEN_ARRAYS = "golden.npz"
@@ -44,7 +53,6 @@ class ParityInput:
 
 
 def default_image_paths() -> list[Path]:
-    from sharp_export.samples import sample_image_path
 
     return [sample_image_path(name) for name in DEFAULT_SAMPLES]
 
@@ -52,7 +60,7 @@ def default_image_paths() -> list[Path]:
 def load_inputs(paths: Sequence[Path], resolution: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> list[ParityInput]:
     inputs = []
     for path in paths:
-        image = load_image(path, max_pixels)
+        image = load_photo(path, max_pixels)
         tensor, factor = prepare_input(image, resolution)
         inputs.append(ParityInput(Path(path).stem, tensor, factor, SceneMeta(image.f_px, image.width, image.height)))
     return inputs
@@ -120,7 +128,6 @@ def write_golden(
     force: bool = False,
 ) -> Path:
     """Save inputs, reference Gaussians and reference renders (atomically) for checks without weights."""
-    from sharp_export.artifact import atomic_directory
 
     arrays: dict[str, np.ndarray] = {}
     images = []
@@ -202,7 +209,6 @@ def check_golden(
     artifact_input: tuple[int | str | None, str | None] | None = None,  # (resolution, preset) of the artifact
 ) -> ParityReport:
     """An artifact against a golden bundle: no reference weights or reference model needed."""
-    from sharp_export.reference.render import RenderOutput
 
     index, arrays = read_golden(directory)
     if artifact_input is not None and artifact_input[0] != index["resolution"]:
@@ -294,8 +300,6 @@ def write_reference_golden(
     force: bool = False,
 ) -> Path:
     """Build the reference model and write a golden bundle of it on ``image_paths``."""
-    from sharp_export.reference.checkpoint import build_model
-    from sharp_export.runtime.torch_runner import TorchRunner
 
     loaded = build_model(preset, checkpoint, seed)
     resolution = int(loaded.model.resolution)
@@ -306,7 +310,7 @@ def write_reference_golden(
 
 
 def check_artifact(
-    artifact: Path,
+    artifact: ResolvedArtifact,
     *,
     tolerances: dict,
     poses: Sequence[str],
@@ -319,29 +323,30 @@ def check_artifact(
     seed: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> ParityReport:
-    """An artifact against a golden bundle (``golden``), else against the reference model on ``image_paths``.
+    """An artifact (its manifest read once by ``registry.resolve_artifact``) against a golden bundle (``golden``),
+    else against the reference model of its own preset (``preset`` when its manifest names none) on ``image_paths``.
 
     The reference weights are -c/--seed when given, else the artifact's own source; a checkpoint whose
     sha256 differs from the artifact's is refused.
     """
-    from sharp_export.artifact import read_manifest
-    from sharp_export.reference.checkpoint import build_model
-    from sharp_export.runtime.base import open_runner
-    from sharp_export.runtime.torch_runner import TorchRunner
 
-    manifest = read_manifest(artifact)
-    meta: dict[str, Any] = {"artifact": str(artifact), "target": manifest.target, "precision": manifest.precision}
-    artifact_resolution = manifest.io.inputs[0].shape[-1] if manifest.io.inputs else None
-    with open_runner(artifact, device) as runner:
+    manifest = artifact.manifest
+    meta: dict[str, Any] = {
+        "artifact": str(artifact.path),
+        "target": manifest.target,
+        "precision": manifest.precision,
+        "tolerance_profile": artifact.tolerance_profile,
+    }
+    with artifact.runner(device) as runner:
         if golden is not None:
-            wanted = (artifact_resolution, manifest.source.get("preset"))
+            wanted = (artifact.resolution, manifest.source.get("preset"))
             return check_golden(golden, runner.infer, tolerances, lpips_model, meta, len(poses), wanted)
         loaded = build_model(manifest.source.get("preset", preset), *reference_weights(manifest, checkpoint, seed))
-        if int(loaded.model.resolution) != artifact_resolution:
+        if int(loaded.model.resolution) != artifact.resolution:
             raise UserInputError(
-                f"the artifact takes {artifact_resolution} px inputs, but the reference model of preset "
+                f"the artifact takes {artifact.resolution} px inputs, but the reference model of preset "
                 f"'{loaded.preset}' takes {int(loaded.model.resolution)} px: its manifest is inconsistent",
-                path=artifact,
+                path=artifact.path,
                 fix="export the artifact again",
             )
         expected = manifest.source.get("checkpoint_sha256")

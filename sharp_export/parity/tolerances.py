@@ -1,4 +1,8 @@
-"""The parity tolerance table: one entry per (target, precision, metric), each with its provenance.
+"""The parity tolerance table: plain data, one profile (a row per metric) per name, each row with its provenance.
+
+Target rows (``sharp_export/targets.py``) name the profile that gates each of their precisions; the lookup from
+(target, precision, options) to a profile lives with the registry (``sharp_export/registry.py``). This module
+imports nothing of the package but its errors, and not torch.
 
 Every entry carries a ``note`` that says what was measured, where, and how the margin was chosen, or
 "not measured: provisional" when the number is an estimate. The note travels into ``parity.json`` so a
@@ -17,7 +21,7 @@ Which statistic is gated:
   (Polygraphy's 1e-5 default failing fine fp16 engines, TensorRT #2709); the renders (PSNR / SSIM /
   LPIPS) gate what is visible. The max is still reported next to the p99.
 
-Overrides: ``load_tolerances(target, precision, overrides)`` with a dict or a JSON/TOML file of
+Overrides: ``profile_tolerances(profile, overrides)`` with a dict or a JSON/TOML file of
 ``{"metric": value}`` or ``{"metric": {"value": v, "statistic": "max"|"p99"}}``.
 """
 
@@ -46,7 +50,6 @@ GAUSSIAN_METRICS = (
 # View metrics (compare_views): PSNR and SSIM are lower bounds, LPIPS an upper bound.
 VIEW_METRICS = ("psnr_min_db", "ssim_min", "lpips_max")
 METRICS = GAUSSIAN_METRICS + VIEW_METRICS
-LOWER_BOUND_METRICS = ("psnr_min_db", "ssim_min")
 
 
 @dataclass(frozen=True)
@@ -284,32 +287,6 @@ REFERENCE_NAME = "torch"
 REFERENCE_PROFILES = {"fp32": "fp32-torch", "fp16": "fp16", "bf16": "bf16"}
 
 
-def profile_name(target: str, precision: str, options: Mapping[str, object] | None = None) -> str:
-    """The profile gating ``target`` at ``precision`` (an artifact's ``options`` may pick another row set, e.g.
-    openvino int8 with ``float_ops`` bf16); UserInputError when there is none."""
-    if target == REFERENCE_NAME:
-        offered: dict[str, str] = dict(REFERENCE_PROFILES)
-    else:
-        from sharp_export.targets import get_target  # raises UserInputError for an unknown target
-
-        row = get_target(target)
-        offered = {p: row.tolerance_profile(p, options) for p in row.precisions}
-    if precision not in offered:
-        raise UserInputError(
-            f"no parity tolerances for target '{target}' at precision '{precision}'",
-            fix=f"{target} supports {', '.join(offered)}",
-        )
-    return offered[precision]
-
-
-def supported(target: str, precision: str) -> bool:
-    try:
-        profile_name(target, precision)
-    except UserInputError:
-        return False
-    return True
-
-
 def _read_override_file(path: Path) -> dict:
     if not path.is_file():
         raise UserInputError("tolerance file not found", path=path, fix="give a .json or .toml file")
@@ -350,21 +327,17 @@ def _parse_override(metric: str, raw: object, base: Tolerance, source: str, path
     return Tolerance(float(raw), statistic, note)
 
 
-def load_tolerances(
-    target: str,
-    precision: str,
-    overrides: Path | str | Mapping[str, object] | None = None,
-    *,
-    options: Mapping[str, object] | None = None,
+def profile_tolerances(
+    profile: str, overrides: Path | str | Mapping[str, object] | None = None
 ) -> dict[str, Tolerance]:
-    """The tolerances for one target and precision, keyed by metric, with optional per-run overrides.
-
-    ``options``: the artifact's manifest options, for targets whose rows depend on one (profile_name).
+    """The rows of ``profile``, keyed by metric, with optional per-run overrides.
 
     ``overrides`` is a dict or a JSON/TOML file path: ``{"means_rel_depth": 1e-3}`` or
     ``{"means_rel_depth": {"value": 1e-3, "statistic": "max"}}``. Unknown metrics raise UserInputError.
     """
-    table = dict(PROFILES[profile_name(target, precision, options)])
+    if profile not in PROFILES:
+        raise UserInputError(f"no tolerance profile named {profile!r}", fix=f"known: {', '.join(PROFILES)}")
+    table = dict(PROFILES[profile])
     if overrides is None:
         return table
     path: Path | None = None

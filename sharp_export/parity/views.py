@@ -16,7 +16,9 @@ import torch
 
 from sharp_export.errors import UserInputError
 from sharp_export.parity import metrics
+from sharp_export.parity.lpips import lpips_status
 from sharp_export.parity.tolerances import Tolerance
+from sharp_export.reference.render import make_trajectory, render_scene
 
 # Named poses along the 60-frame rotate_forward trajectory, as fractions of the frame range.
 # rotate_forward is periodic (eye(t=0) == eye(t=1) == origin), so "last" repeats "first";
@@ -98,8 +100,6 @@ def compare_views(
     names = list(view_names) if view_names is not None else [f"view{i}" for i in range(len(ref_images))]
     tols = dict(tolerances or {})
     if lpips_model is None and lpips_unavailable is None:
-        from sharp_export.parity.lpips import lpips_status
-
         status = lpips_status()
         lpips_unavailable = status.message()
         if status.available:
@@ -160,7 +160,6 @@ def render_views(
     cameras with the reference's Gaussians (``trajectory_from=reference``); otherwise a depth error
     would move the cameras and be counted twice.
     """
-    from sharp_export.reference.render import make_trajectory, render_scene
 
     source = gaussians if trajectory_from is None else trajectory_from
     cameras = make_trajectory(source, meta, kind="rotate_forward", num_frames=num_frames, resolution=resolution)

@@ -1,0 +1,1 @@
+"""The onnx target: its row is in target.py."""

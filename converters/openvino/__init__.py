@@ -1,0 +1,1 @@
+"""The openvino target: its row is in target.py."""

@@ -1,0 +1,1 @@
+"""The tensorrt target: its row is in target.py."""
