@@ -7,6 +7,7 @@ shape and internal consistency (ordering, ratios, sums), not their size.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import time
@@ -183,7 +184,12 @@ def test_mixed_presets_are_refused_before_building(onnx_artifact):
 
 
 def test_missing_matplotlib_is_one_line_before_measuring(monkeypatch, tmp_path):
-    monkeypatch.setattr(bench, "plot_available", lambda: False)
+    real = importlib.util.find_spec  # matplotlib made unfindable, whichever bench module asks for it
+
+    def find_spec(name, *args):
+        return None if name == "matplotlib" else real(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
     result = invoke("bench", "reference", "--preset", "tiny", "--seed", "0", "--plot", tmp_path / "p.png")
     assert_one_line_error(result, 2, "matplotlib", "pip install 'sharp-export[bench]'")
 
