@@ -1,6 +1,6 @@
 """`sharp-export bench`: latency of every artifact and the eager reference on this machine, side by side.
 
-The measuring lives in ``sharp_export.bench``; this module parses and validates flags, then writes the
+The measuring lives in the package ``sharp_export.bench``; this module parses and validates flags, then writes the
 terminal table (stdout), and the JSON / markdown / PNG files asked for. Progress goes to stderr.
 """
 
