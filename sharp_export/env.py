@@ -3,10 +3,13 @@
 Used by ``sharp-export env`` (a block to paste into issue reports) and stored in every artifact manifest.
 Versions come from ``importlib.metadata`` so that reporting does not import heavy packages; only the
 ONNX Runtime provider list and CUDA availability need a real import, and only when asked for.
+``cpu_info`` and ``cuda_info`` describe the hardware in more detail (ISA flags, threads, load, driver) for
+``sharp-export bench``, whose latencies depend on them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import platform
@@ -72,6 +75,72 @@ def _cuda_report() -> dict[str, Any]:
         major, minor = torch.cuda.get_device_capability(index)
         report["compute_capability"] = f"{major}.{minor}"
     return report
+
+
+ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def cpu_info() -> dict[str, Any]:
+    """CPU model, cores, thread settings, ISA flags and load average (what changes CPU latency).
+
+    ``isa`` maps each of ISA_FLAGS to whether /proc/cpuinfo lists it; None where there is no /proc/cpuinfo.
+    """
+    import torch
+
+    model: str | None = None
+    flags: set[str] = set()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model is None:
+                model = value.strip()
+            elif key.strip() in ("flags", "Features") and not flags:
+                flags = set(value.split())
+    model = model or platform.processor() or platform.machine()
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "model": model,
+        "logical_cores": os.cpu_count(),
+        "cores_available": affinity,
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+        "MKL_NUM_THREADS": os.environ.get("MKL_NUM_THREADS"),
+        "isa": {flag: flag in flags for flag in ISA_FLAGS} if flags else None,
+        "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+
+
+def _nvidia_driver() -> str | None:
+    import shutil
+    import subprocess
+
+    if shutil.which("nvidia-smi") is None:
+        return None
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=20, check=True,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip().splitlines()[0] if out.stdout.strip() else None
+
+
+def cuda_info() -> dict[str, Any]:
+    """The current CUDA device: name, compute capability, memory, driver, CUDA runtime and cuDNN versions."""
+    import torch
+
+    index = torch.cuda.current_device()
+    props = torch.cuda.get_device_properties(index)
+    return {
+        "device_name": props.name,
+        "compute_capability": f"{props.major}.{props.minor}",
+        "total_memory_gb": round(props.total_memory / 1e9, 2),
+        "driver": _nvidia_driver(),
+        "cuda_runtime": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+    }
 
 
 def environment_report(*, include_runtime_probes: bool = True) -> dict[str, Any]:

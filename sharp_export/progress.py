@@ -2,7 +2,8 @@
 
 Full-size exports spend minutes inside single opaque calls (torch.export, ct.convert, ORT session
 creation); a heartbeat line every few seconds tells the user the process is alive and how much memory
-it holds. Everything goes to stderr so stdout stays machine-readable.
+it holds. Everything goes to stderr so stdout stays machine-readable. The RSS readings themselves (current,
+peak, and the resettable VmHWM that ``sharp-export bench`` uses per pass) live here too.
 """
 
 from __future__ import annotations
@@ -12,13 +13,40 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import psutil
 
 
+def rss_bytes() -> int:
+    """Resident memory of this process in bytes."""
+    return int(psutil.Process().memory_info().rss)
+
+
 def rss_gb() -> float:
     """Resident memory of this process in GB."""
-    return psutil.Process().memory_info().rss / 1e9
+    return rss_bytes() / 1e9
+
+
+def _status_bytes(key: str) -> int | None:
+    """A 'VmRSS:  1234 kB' style line of /proc/self/status in bytes, or None off Linux (or without the key)."""
+    try:
+        text = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    return None
+
+
+def hwm_rss_bytes() -> int | None:
+    """Peak resident memory (VmHWM) in bytes since start or since the last reset through clear_refs; None off Linux.
+
+    Unlike ``peak_rss_gb`` (getrusage) it follows a reset: writing "5" to /proc/self/clear_refs lowers it to the
+    current RSS, which is how ``sharp-export bench`` gives each timed pass its own peak.
+    """
+    return _status_bytes("VmHWM")
 
 
 def peak_rss_gb() -> float:

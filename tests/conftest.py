@@ -1,13 +1,19 @@
-"""Shared fixtures: the golden data made by the official ml-sharp code, shipped in tests/data/golden_tiny."""
+"""Shared fixtures: the golden data made by the official ml-sharp code, shipped in tests/data/golden_tiny, and the
+64 px stand-in predictor that tests needing a fast export use instead of a real model."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
+import torch
+import torch.nn.functional as F
+
+from sharp_export.reference.gaussians import Gaussians3D
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 GOLDEN_DATA = REPO_ROOT / "tests" / "data" / "golden_tiny"  # in-repo subset; README.md there says where it came from
@@ -99,3 +105,54 @@ def official_ply(golden_dir, official_ply_sha256, tmp_path_factory):
         return made[name]
 
     return make
+
+
+class StandInPredictor(torch.nn.Module):
+    """Tiny model with the predictor's signature: image [B,3,64,64], disparity_factor [B] -> Gaussians3D."""
+
+    resolution = 64
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.head = torch.nn.Conv2d(8, 28, 1)
+
+    def forward(self, image: torch.Tensor, disparity_factor: torch.Tensor) -> Gaussians3D:
+        b = image.shape[0]
+        x = F.avg_pool2d(torch.relu(self.conv(image * 2 - 1)), 2)  # [B, 8, 32, 32]
+        d = self.head(x).reshape(b, 14, 2, 32, 32).permute(0, 2, 3, 4, 1).reshape(b, 2048, 14)
+        z = disparity_factor[:, None, None] / (torch.sigmoid(d[..., 2:3]) + 1e-3)  # [B, N, 1]
+        means = torch.cat([d[..., 0:2] * z, z], dim=-1)
+        quats = d[..., 6:10] + torch.tensor([1.0, 0.0, 0.0, 0.0])
+        return Gaussians3D(
+            means, F.softplus(d[..., 3:6]), quats, torch.sigmoid(d[..., 10:13]), torch.sigmoid(d[..., 13])
+        )
+
+
+def use_standin_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make build_model return the stand-in (whatever preset, weights or precision is asked for)."""
+    from sharp_export.reference import checkpoint
+
+    def build(preset, checkpoint_path=None, seed=None, device="cpu", precision="fp32") -> checkpoint.LoadedModel:
+        return checkpoint.LoadedModel(StandInPredictor().eval(), preset, None, None, seed, precision)
+
+    monkeypatch.setattr(checkpoint, "build_model", build)
+
+
+@pytest.fixture
+def standin(monkeypatch: pytest.MonkeyPatch) -> None:
+    """build_model returns the 64 px stand-in for the test's duration (exports take about a second)."""
+    use_standin_model(monkeypatch)
+
+
+@pytest.fixture
+def without_tensorrt(monkeypatch: pytest.MonkeyPatch) -> None:
+    """TensorRT looks absent, as on the CPU machines, even where it is installed (a GPU box)."""
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "tensorrt" else find_spec(name, *a)
+    )
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # and `import tensorrt` fails

@@ -33,14 +33,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
 from click.testing import CliRunner, Result
+from conftest import use_standin_model
 from PIL import Image
 
 from sharp_export.cli import cli
 from sharp_export.errors import BatchError, OutputError, UserInputError, output_error
-from sharp_export.reference.gaussians import Gaussians3D
 
 TINY = ("--preset", "tiny", "--seed", "0")
 TEMP_MARKERS = (".tmp", ".partial", ".tmp-", ".old-", "_frames.", ".sharp-export-write-check-")
@@ -232,36 +230,6 @@ def fake_ffmpeg(monkeypatch: pytest.MonkeyPatch, *, die_after: int | None = None
                 frames += 1
 
     monkeypatch.setattr(imageio_ffmpeg, "write_frames", write_frames)
-
-
-class StandInPredictor(torch.nn.Module):
-    """64 px stand-in with the predictor's forward: image [B, 3, 64, 64], disparity_factor [B] -> Gaussians3D."""
-
-    resolution = 64
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.head = torch.nn.Conv2d(3, 28, 1)
-
-    def forward(self, image: torch.Tensor, disparity_factor: torch.Tensor) -> Gaussians3D:
-        b = image.shape[0]
-        d = self.head(F.avg_pool2d(image, 2)).reshape(b, 14, 2, 32, 32).permute(0, 2, 3, 4, 1).reshape(b, 2048, 14)
-        z = disparity_factor[:, None, None] / (torch.sigmoid(d[..., 2:3]) + 1e-3)  # [B, N, 1]
-        quats = d[..., 6:10] + torch.tensor([1.0, 0.0, 0.0, 0.0])
-        means = torch.cat([d[..., 0:2] * z, z], dim=-1)
-        return Gaussians3D(
-            means, F.softplus(d[..., 3:6]), quats, torch.sigmoid(d[..., 10:13]), torch.sigmoid(d[..., 13])
-        )
-
-
-def use_standin_model(monkeypatch: pytest.MonkeyPatch) -> None:
-    from sharp_export.reference import checkpoint
-
-    def build(preset: str, checkpoint_path: Any = None, seed: Any = None, device: Any = "cpu", precision: str = "fp32"):
-        return checkpoint.LoadedModel(StandInPredictor().eval(), preset, None, None, seed, precision)
-
-    monkeypatch.setattr(checkpoint, "build_model", build)
 
 
 # ---- the workspace a case builds in -------------------------------------------------------------------------------

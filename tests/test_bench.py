@@ -7,16 +7,21 @@ shape and internal consistency (ordering, ratios, sums), not their size.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
+import re
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from sharp_export import bench
 from sharp_export.cli import cli
+from sharp_export.env import ISA_FLAGS
 
 FAST = ["--min-time", "0", "--max-runs", "2", "--warmup", "0"]  # a few seconds per candidate
 
@@ -55,6 +60,16 @@ def onnx_artifact(tmp_path_factory):
     return out
 
 
+def cpu_flags() -> set[str] | None:
+    """The first processor's flags in /proc/cpuinfo, read here rather than through sharp_export.env; None off Linux."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    match = re.search(r"^(?:flags|Features)\s*:(.*)$", text, flags=re.MULTILINE)
+    return set(match.group(1).split()) if match else None
+
+
 def check_candidate(row: dict, render: bool) -> None:
     """Real numbers: positive stage latencies, ordered percentiles, stages adding up to the pass."""
     assert row["n_runs"] >= 1
@@ -91,7 +106,16 @@ def test_reference_alone_reports_real_numbers_and_flags_instability(tmp_path):
     assert row["throughput"]["1"]["images_per_s"] > 0
     assert row["target"] == "torch" and row["weights"]["seed"] == 0
     cpu = report["machine"]["cpu"]
-    assert cpu["torch_threads"] >= 1 and (cpu["isa"] is None or "avx512f" in cpu["isa"])
+    assert cpu["torch_threads"] == torch.get_num_threads()
+    flags = cpu_flags()
+    if flags is None:
+        assert cpu["isa"] is None
+    else:
+        assert cpu["isa"] == {flag: flag in flags for flag in ISA_FLAGS}
+        # torch's own CPU dispatch probe, independent of /proc/cpuinfo, must agree with the flags reported.
+        capability = torch.backends.cpu.get_cpu_capability()
+        assert cpu["isa"]["avx2"] or capability not in ("AVX2", "AVX512"), (capability, cpu["isa"])
+        assert cpu["isa"]["avx512f"] or capability != "AVX512", (capability, cpu["isa"])
     assert "--preset tiny --seed 0" in report["command"]
     assert report["machine"]["packages"]["torch"]
 
@@ -183,7 +207,12 @@ def test_mixed_presets_are_refused_before_building(onnx_artifact):
 
 
 def test_missing_matplotlib_is_one_line_before_measuring(monkeypatch, tmp_path):
-    monkeypatch.setattr(bench, "plot_available", lambda: False)
+    real = importlib.util.find_spec  # matplotlib made unfindable, whichever bench module asks for it
+
+    def find_spec(name, *args):
+        return None if name == "matplotlib" else real(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
     result = invoke("bench", "reference", "--preset", "tiny", "--seed", "0", "--plot", tmp_path / "p.png")
     assert_one_line_error(result, 2, "matplotlib", "pip install 'sharp-export[bench]'")
 

@@ -1,7 +1,7 @@
 """The generated target commands: preflight rejections, one-line errors, exit codes, atomic failure.
 
 Most tests here must fail before any work, which ``no_work`` enforces by making model building explode.
-Tests that need an export use a 64x64 stand-in predictor (same forward signature, exports in ~1 s).
+Tests that need an export use the 64x64 stand-in predictor of conftest.py (same forward signature, exports in ~1 s).
 """
 
 from __future__ import annotations
@@ -11,9 +11,8 @@ import dataclasses
 import click
 import onnxruntime
 import pytest
-import torch
-import torch.nn.functional as F
 from click.testing import CliRunner
+from conftest import StandInPredictor
 
 from sharp_export import registry
 from sharp_export.artifact import read_manifest
@@ -24,42 +23,10 @@ from sharp_export.errors import UserInputError
 from sharp_export.export import validate_request
 from sharp_export.reference import checkpoint
 from sharp_export.reference.checkpoint import LoadedModel
-from sharp_export.reference.gaussians import Gaussians3D
 from sharp_export.registry import get_target, register_target
 from sharp_export.targets import Target
 
 _ORT_HAS_CUDA = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
-
-
-class StandInPredictor(torch.nn.Module):
-    """Tiny model with the predictor's signature: image [B,3,64,64], disparity_factor [B] -> Gaussians3D."""
-
-    resolution = 64
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
-        self.head = torch.nn.Conv2d(8, 28, 1)
-
-    def forward(self, image: torch.Tensor, disparity_factor: torch.Tensor) -> Gaussians3D:
-        b = image.shape[0]
-        x = F.avg_pool2d(torch.relu(self.conv(image * 2 - 1)), 2)  # [B, 8, 32, 32]
-        d = self.head(x).reshape(b, 14, 2, 32, 32).permute(0, 2, 3, 4, 1).reshape(b, 2048, 14)
-        z = disparity_factor[:, None, None] / (torch.sigmoid(d[..., 2:3]) + 1e-3)  # [B, N, 1]
-        means = torch.cat([d[..., 0:2] * z, z], dim=-1)
-        quats = d[..., 6:10] + torch.tensor([1.0, 0.0, 0.0, 0.0])
-        return Gaussians3D(
-            means, F.softplus(d[..., 3:6]), quats, torch.sigmoid(d[..., 10:13]), torch.sigmoid(d[..., 13])
-        )
-
-
-@pytest.fixture
-def standin(monkeypatch):
-    def fake_build_model(preset, checkpoint=None, seed=None, device="cpu", precision="fp32"):
-        return LoadedModel(StandInPredictor().eval(), preset, None, None, seed, precision)
-
-    monkeypatch.setattr(checkpoint, "build_model", fake_build_model)
 
 
 @pytest.fixture
@@ -109,7 +76,7 @@ def test_missing_extra_is_one_line_exit_2(tmp_path, no_work, replace_target):
     assert not (tmp_path / "a").exists()
 
 
-def test_tensorrt_reports_its_missing_dependency(tmp_path, no_work):
+def test_tensorrt_reports_its_missing_dependency(tmp_path, no_work, without_tensorrt):
     result = invoke("tensorrt", ["--preset", "tiny", "--seed", "0", "-o", str(tmp_path / "a"), "--device", "cuda"])
     assert_one_line_error(result, 2, "tensorrt not importable: pip install 'sharp-export[tensorrt]'")
 
@@ -186,7 +153,7 @@ def test_capabilities_are_enforced_for_any_target(tmp_path, no_work, limited_tar
     assert_one_line_error(result, 1, "calibration data not found")
 
 
-def test_help_lists_every_target_with_its_status():
+def test_help_lists_every_target_with_its_status(without_tensorrt):
     group = click.Group("sharp-export", commands={c.name: c for c in target_commands()})
     result = CliRunner().invoke(group, ["--help"], terminal_width=300)
     assert result.exit_code == 0

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
+from importlib.util import find_spec
 
 import pytest
+import torch
 
 from sharp_export import registry
 from sharp_export.env import environment_report, format_environment, lpips_weights_path
@@ -86,7 +89,7 @@ def test_targets_are_immutable():
         get_target("onnx").name = "x"  # type: ignore[misc]
 
 
-def test_status_reports_usable_or_reason():
+def test_status_reports_usable_or_reason(without_tensorrt):
     assert get_target("onnx").status() == "usable"  # onnx, onnxruntime, onnxscript are installed here
     trt_status = get_target("tensorrt").status()
     assert trt_status.startswith("tensorrt not importable: pip install 'sharp-export[tensorrt]'")
@@ -102,17 +105,17 @@ def test_environment_report_has_versions_and_targets():
     report = environment_report()
     packages = report["packages"]
     import numpy
-    import torch
 
     assert packages["torch"] == torch.__version__.split("+")[0] or packages["torch"] == torch.__version__
     assert packages["numpy"] == numpy.__version__
-    assert packages["tensorrt"] is None
+    assert packages["tensorrt"] == (importlib.metadata.version("tensorrt") if find_spec("tensorrt") else None)
     assert report["targets"]["onnx"] == "usable"
     assert "CPUExecutionProvider" in report["onnxruntime_providers"]
-    assert report["cuda"]["available"] is False
+    assert report["cuda"]["available"] is torch.cuda.is_available()
     assert report["cpu_count"] >= 1
     assert (report["lpips_weights"] is not None) == (lpips_weights_path() is not None)
     text = format_environment(report)
-    assert "torch" in text and "onnx          usable" in text and "tensorrt not importable" in text
+    assert "torch" in text and "onnx          usable" in text
+    assert ("tensorrt not importable" in text) is (find_spec("tensorrt") is None)
     light = environment_report(include_runtime_probes=False)
     assert "cuda" not in light and "onnxruntime_providers" not in light

@@ -1,6 +1,6 @@
 """`sharp-export bench`: latency of every artifact and the eager reference on this machine, side by side.
 
-The measuring lives in ``sharp_export.bench``; this module parses and validates flags, then writes the
+The measuring lives in the package ``sharp_export.bench``; this module parses and validates flags, then writes the
 terminal table (stdout), and the JSON / markdown / PNG files asked for. Progress goes to stderr.
 """
 
@@ -13,8 +13,10 @@ from typing import Any
 
 import click
 
+from sharp_export import bench
 from sharp_export.commands.base import OneLineCommand
 from sharp_export.commands.options import model_options
+from sharp_export.errors import UserInputError
 from sharp_export.progress import echo
 
 
@@ -147,8 +149,6 @@ def command(
     seconds of runs and a model-latency CV of at most --max-cv, or --max-runs / --max-time is reached
     (then it is reported UNSTABLE). Ratios are against the first candidate.
     """
-    from sharp_export import bench
-    from sharp_export.errors import UserInputError
     from sharp_export.reference.preprocess import list_images
     from sharp_export.samples import DEFAULT_SAMPLE, sample_image_path
 

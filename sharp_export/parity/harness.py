@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -116,6 +116,39 @@ def run_parity(
         report.attributes += attributes
         report.views += views
     return report
+
+
+def run_parity_shared(
+    candidates: Mapping[str, InferFn],
+    reference: InferFn,
+    inputs: Sequence[ParityInput],
+    tolerances: Mapping[str, dict],
+    poses: Sequence[str] = DEFAULT_POSES,
+    lpips_model: Any = None,
+    resolution: int = 1536,
+    metas: Mapping[str, dict] | None = None,
+    prefix: str = "",
+) -> dict[str, ParityReport]:
+    """Several candidates (name -> infer) against one reference: one report per name, as ``run_parity`` makes.
+
+    The reference runs, and renders its views, once per image; every candidate is compared with those.
+    ``tolerances`` and ``metas`` are per name; ``prefix`` starts each progress line.
+    """
+    reports = {name: ParityReport(meta=dict((metas or {}).get(name, {}))) for name in candidates}
+    for index, item in enumerate(inputs, start=1):
+        echo(f"{prefix}[{index}/{len(inputs)}] {item.name}: reference + {len(candidates)} artifact(s) ...")
+        ref = reference(item.image, item.disparity_factor)
+        ref_views = None
+        if poses:
+            ref_views = render_views(unproject_gaussians(_as_torch(ref), item.meta, resolution), item.meta, poses)
+        for name, candidate in candidates.items():
+            cand = candidate(item.image, item.disparity_factor)
+            attributes, views = compare_scene(
+                item, ref, cand, tolerances[name], poses, lpips_model, resolution, reference_views=ref_views
+            )
+            reports[name].attributes += attributes
+            reports[name].views += views
+    return reports
 
 
 def write_golden(

@@ -36,6 +36,11 @@ class ParityReport:
         return [r for r in self.attributes if not r.passed] + [v for v in self.views if not v.passed]
 
     @property
+    def failure_names(self) -> list[str]:
+        """'attribute.metric' or 'view pose.metric' of each failure (parity.json's "failures")."""
+        return [_failure_name(r) for r in self.failures]
+
+    @property
     def unavailable(self) -> list[ViewResult]:
         return [v for v in self.views if v.status == "UNAVAILABLE"]
 
@@ -144,7 +149,7 @@ def to_json(
     return {
         "schema_version": SCHEMA_VERSION,
         "passed": report.passed,
-        "failures": [_failure_name(r) for r in report.failures],
+        "failures": report.failure_names,
         "unavailable": sorted({v.metric for v in report.unavailable}),
         "meta": dict(report.meta),
         "attributes": [_attribute_json(r) for r in report.attributes],
