@@ -108,13 +108,11 @@ import json
 from pathlib import Path
 from sharp_export.parity import harness
 from sharp_export.parity.lpips import load_lpips
-from sharp_export.registry import load_tolerances
+from sharp_export.registry import resolve_artifact
 from sharp_export.parity.views import DEFAULT_POSES
-from sharp_export.artifact import read_manifest
 from sharp_export.samples import sample_image_path
-artifact = Path({artifact!r})
-m = read_manifest(artifact)
-report = harness.check_artifact(artifact, tolerances=load_tolerances("onnx", m.precision),
+artifact = resolve_artifact(Path({artifact!r}))
+report = harness.check_artifact(artifact, tolerances=artifact.tolerances(),
     poses=DEFAULT_POSES[:{poses}], lpips_model=load_lpips(), image_paths=[sample_image_path(n) for n in {photos!r}],
     checkpoint={checkpoint!r}, seed={seed!r})
 worst = {{}}

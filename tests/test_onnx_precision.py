@@ -18,7 +18,7 @@ from sharp_export.commands.export import make_target_command
 from sharp_export.converters.onnx.graph import REGION_TAIL, node_regions
 from sharp_export.parity.harness import check_artifact
 from sharp_export.parity.lpips import load_lpips
-from sharp_export.registry import get_target, load_tolerances, open_runner
+from sharp_export.registry import get_target, load_tolerances, open_runner, resolve_artifact
 from sharp_export.samples import sample_image_path
 
 FLOAT, HALF = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
@@ -149,7 +149,7 @@ def test_parity_on_a_real_photo_with_renders(which, request):
     artifact = request.getfixturevalue(which)
     lpips = load_lpips()
     report = check_artifact(
-        artifact, tolerances=load_tolerances("onnx", which), poses=("quarter",), lpips_model=lpips,
+        resolve_artifact(artifact), tolerances=load_tolerances("onnx", which), poses=("quarter",), lpips_model=lpips,
         image_paths=[sample_image_path("motorcycle_left")],
     )  # fmt: skip
     assert report.passed, [f.metric for f in report.failures]
