@@ -54,6 +54,8 @@ def load_scene(path: str | Path, y_up: bool = False) -> tuple[Gaussians3D, Scene
         kind = "ply"
     if y_up:
         if kind == "spz":
-            raise UserInputError("--y-up does not apply to SPZ, whose axes are fixed by the format", path=path)
+            raise UserInputError(
+                "--y-up applies to PLY, .splat and compressed PLY files; SPZ's axes are fixed by the format", path=path
+            )
         gaussians = rotate_x_180(gaussians)  # its own inverse
     return gaussians, meta or DEFAULT_META, kind
