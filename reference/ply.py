@@ -11,8 +11,11 @@ directory, which replaces the target only once complete, so a failure never leav
   zero f_rest_0..44, for viewers that require those fields or trip over extra elements.
 * ``splat``: antimatter15's 32-byte records (position f32 x3, linear scale f32 x3, RGBA u8 with sRGB
   colour and opacity, quaternion wxyz u8 as q*128+128), sorted by descending opacity * volume.
+* ``spz`` and ``compressed-ply``: Niantic's SPZ and PlayCanvas's compressed PLY, quantised files a few times
+  smaller, encoded by gsply (optional, see compact.py); written atomically like the others.
 
-``y_up`` (viewer, splat) rotates the scene 180 degrees about x for y-up viewers.
+``y_up`` (viewer, splat, compressed-ply) rotates the scene 180 degrees about x for y-up viewers. SPZ fixes its
+own axes (x right, y up, z back), so every SPZ is written rotated and ``y_up`` does not apply.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +40,11 @@ from sharp_export.reference.gaussians import (
     srgb_to_linear,
 )
 
-PLY_FORMATS = ("official", "viewer", "splat")
+PLY_FORMATS = ("official", "viewer", "splat", "spz", "compressed-ply")
+Y_UP_FORMATS = ("viewer", "splat", "compressed-ply")  # SPZ is y-up by definition; the official PLY keeps OpenCV
+FORMAT_SUFFIXES = {  # file name ending of each format
+    "official": ".ply", "viewer": ".ply", "splat": ".splat", "spz": ".spz", "compressed-ply": ".compressed.ply",
+}  # fmt: skip
 OFFICIAL_VERTEX_PROPS = (
     ["x", "y", "z"] + [f"f_dc_{i}" for i in range(3)] + ["opacity"] + [f"scale_{i}" for i in range(3)]
 ) + [f"rot_{i}" for i in range(4)]
@@ -80,16 +88,23 @@ def save_ply(
         raise ValueError(f"save_ply expects a batch of one, got means {tuple(gaussians.mean_vectors.shape)}")
     # Encode from float32 like ml-sharp, whatever precision the runner produced.
     gaussians = gaussians.to(device="cpu", dtype=torch.float32)
+    if y_up and format not in Y_UP_FORMATS:
+        raise UserInputError(
+            f"y_up applies to the {', '.join(Y_UP_FORMATS)} formats; "
+            + ("SPZ is y-up by definition" if format == "spz" else "the official PLY keeps OpenCV axes")
+        )
     if format == "official":
-        if y_up:
-            raise UserInputError("y_up applies to the viewer and splat formats; the official PLY keeps OpenCV axes")
-        chunks = official_ply_chunks(gaussians, meta)
+        write_atomic(path, official_ply_chunks(gaussians, meta))
+        return path
+    scene = gaussians.select(0)
+    if y_up or format == "spz":  # SPZ stores x right, y up, z back (its readers convert to their own axes)
+        scene = rotate_x_180(scene)
+    if format in ("spz", "compressed-ply"):
+        from sharp_export.reference import compact
+
+        write_atomic_with(path, compact.writer(format, _attributes(scene)))
     else:
-        scene = gaussians.select(0)
-        if y_up:
-            scene = rotate_x_180(scene)
-        chunks = viewer_ply_chunks(scene) if format == "viewer" else splat_chunks(scene)
-    write_atomic(path, chunks)
+        write_atomic(path, viewer_ply_chunks(scene) if format == "viewer" else splat_chunks(scene))
     return path
 
 
@@ -206,15 +221,27 @@ def write_atomic(path: Path, chunks: list[bytes]) -> None:
     On any failure (full disk, read-only folder, Ctrl-C) the temporary file is removed and an existing
     ``path`` is left as it was; a write fault becomes an ``OutputError`` naming ``path``.
     """
-    if not path.parent.is_dir():
-        raise UserInputError("output directory does not exist", path=path.parent, fix="create it first")
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+
+    def write(temp: Path) -> None:
         with open(temp, "wb") as handle:
             for chunk in chunks:
                 handle.write(chunk)
             handle.flush()
             os.fsync(handle.fileno())
+
+    write_atomic_with(path, write)
+
+
+def write_atomic_with(path: Path, write: Callable[[Path], None]) -> None:
+    """``write(temp)`` fills a temporary sibling of ``path`` (a library that writes files itself), which then
+    replaces ``path``; the same guarantees as ``write_atomic``."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise UserInputError("output directory does not exist", path=path.parent, fix="create it first")
+    # The temporary name keeps the suffix: some writers pick the encoding from it (gsply's .compressed.ply).
+    temp = path.with_name(f".{os.getpid()}.tmp.{path.name}")
+    try:
+        write(temp)
         os.replace(temp, path)
     except BaseException as error:
         with contextlib.suppress(OSError):
@@ -409,3 +436,29 @@ def read_splat(path: str | Path) -> dict[str, np.ndarray]:
     dtype = np.dtype([("position", "<f4", 3), ("scale", "<f4", 3), ("rgba", "u1", 4), ("rot", "u1", 4)])
     records = np.frombuffer(raw, dtype=dtype)
     return {name: np.array(records[name]) for name in dtype.names}
+
+
+def load_splat(path: str | Path) -> Gaussians3D:
+    """A .splat file as linear-RGB Gaussians (batch of one); the format keeps no camera, so no SceneMeta."""
+    records = read_splat(path)
+    rgba = torch.from_numpy(records["rgba"].astype(np.float32) / 255.0)
+    return Gaussians3D(
+        mean_vectors=torch.from_numpy(records["position"])[None],
+        singular_values=torch.from_numpy(records["scale"])[None],
+        quaternions=torch.from_numpy((records["rot"].astype(np.float32) - 128.0) / 128.0)[None],
+        colors=srgb_to_linear(rgba[:, :3])[None],
+        opacities=rgba[:, 3][None],
+    )
+
+
+def gaussians_from_attributes(attributes: np.ndarray) -> Gaussians3D:  # [N, 14] float32, official vertex order
+    """The inverse of the writer's vertex table (sRGB SH DC colours, logit opacities, log scales): linear-RGB
+    Gaussians, batch of one."""
+    table = torch.from_numpy(np.ascontiguousarray(attributes, dtype=np.float32))
+    return Gaussians3D(
+        mean_vectors=table[None, :, 0:3],
+        singular_values=torch.exp(table[None, :, 7:10]),
+        quaternions=table[None, :, 10:14],
+        colors=srgb_to_linear(sh_to_rgb(table[None, :, 3:6])),
+        opacities=torch.sigmoid(table[None, :, 6]),
+    )

@@ -12,7 +12,7 @@ import logging
 import click
 
 from sharp_export import __version__
-from sharp_export.commands import bench, export, parity, predict, render, run, triton
+from sharp_export.commands import bench, export, parity, predict, render, run, triton, view
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -26,6 +26,7 @@ def cli(verbose: bool) -> None:
 def _register() -> None:
     cli.add_command(predict.command)
     cli.add_command(render.command)
+    cli.add_command(view.command)
     for command in export.target_commands():
         cli.add_command(command)
     cli.add_command(run.run_command)

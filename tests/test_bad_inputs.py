@@ -27,7 +27,7 @@ import shutil
 import struct
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -240,6 +240,7 @@ class Workspace:
     root: Path
     monkeypatch: pytest.MonkeyPatch
     artifact_source: Path  # the session's tiny ONNX artifact (read-only use; copy it to damage it)
+    held: list = field(default_factory=list)  # objects the case keeps alive while the command runs (a socket)
 
     @property
     def out(self) -> Path:
@@ -444,7 +445,7 @@ def _(ws: Workspace) -> list[Any]:
     return ["predict", ws.photo(), "-o", ws.out, "--preset", "tiny", "-c", weights]
 
 
-@case("predict/y-up-with-official-format", 1, "--y-up applies to --format viewer or splat")
+@case("predict/y-up-with-official-format", 1, "--y-up applies to --format viewer / splat / compressed-ply")
 def _(ws: Workspace) -> list[Any]:
     return ["predict", ws.photo(), "-o", ws.out, *TINY, "--y-up"]
 
@@ -595,6 +596,73 @@ def _(ws: Workspace) -> list[Any]:
     return ["render", ws.scene("in/good.ply"), ws.scene("in/nan.ply", x=np.nan), "-o", ws.out, *RENDER]
 
 
+# ---- view and the compact formats ---------------------------------------------------------------------------------
+# `view` refuses what `render` refuses, with the same lines, before any server starts.
+
+
+@case("view/missing-scene", 1, "nope.ply", "scene file not found")
+def _(ws: Workspace) -> list[Any]:
+    return ["view", ws.path("in/nope.ply"), "--port", "0"]
+
+
+@case("view/nan-values", 1, "nan.ply", "NaN or Inf", "x/y/z of 64 Gaussians", quiet=False)
+def _(ws: Workspace) -> list[Any]:
+    return ["view", ws.scene("in/nan.ply", x=np.nan), "--port", "0"]
+
+
+@case("view/truncated-file", 1, "truncated PLY", quiet=False)
+def _(ws: Workspace) -> list[Any]:
+    data = ws.scene("in/full.ply").read_bytes()
+    return ["view", ws.file("in/cut.ply", data[: len(data) - 500]), "--port", "0"]
+
+
+@case("view/not-a-sharp-ply", 1, "lacks Gaussian properties", "f_dc_0", quiet=False)
+def _(ws: Workspace) -> list[Any]:
+    mesh = {name: np.zeros(8, np.float32) for name in ("x", "y", "z", "nx", "ny", "nz")}  # a point cloud
+    return ["view", write_ply(ws.path("in/mesh.ply"), mesh, {}), "--port", "0"]
+
+
+@case("view/not-a-ply", 1, "photo.ply", "not a PLY file", quiet=False)
+def _(ws: Workspace) -> list[Any]:
+    return ["view", ws.file("in/photo.ply", ws.photo("src/photo.png").read_bytes()), "--port", "0"]
+
+
+@case("view/corrupt-spz", 1, "bad.spz", "not a readable SPZ file", quiet=False)
+def _(ws: Workspace) -> list[Any]:
+    pytest.importorskip("gsply")
+    return ["view", ws.file("in/bad.spz", b"\x1f\x8b not really gzip"), "--port", "0"]
+
+
+@case("view/unknown-file-type", 1, "scene.obj", "unknown scene file type '.obj'", quiet=False)
+def _(ws: Workspace) -> list[Any]:
+    return ["view", ws.file("in/scene.obj", b"v 0 0 0\n"), "--port", "0"]
+
+
+@case("view/port-in-use", 1, "port", "is in use", "--port")
+def _(ws: Workspace) -> list[Any]:
+    import socket
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    ws.held.append(busy)
+    return ["view", ws.scene(), "--port", str(busy.getsockname()[1])]
+
+
+@case("predict/y-up-with-spz", 1, "--y-up applies to", "SPZ is y-up by definition")
+def _(ws: Workspace) -> list[Any]:
+    return ["predict", ws.photo(), "-o", ws.out, *TINY, "--format", "spz", "--y-up"]
+
+
+@case("predict/spz-without-gsply", 2, "--format spz needs the Python package 'gsply'", "sharp-export[spz]")
+def _(ws: Workspace) -> list[Any]:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    ws.monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gsply" else real(name, *a))
+    return ["predict", ws.photo(), "-o", ws.out, *TINY, "--format", "spz"]
+
+
 # ---- run ----------------------------------------------------------------------------------------------------------
 
 
@@ -741,6 +809,12 @@ def _(ws: Workspace) -> list[Any]:
 def _(ws: Workspace) -> list[Any]:
     ws.file("p.json", b"{}")
     return ["parity", ws.artifact_source, "--images", ws.photo(), "--report", ws.path("p.json")]
+
+
+@case("parity/report-dir-exists-without-force", 1, "report", "already exists (pass --force")
+def _(ws: Workspace) -> list[Any]:
+    ws.file("report/index.html", b"<html>an earlier report</html>")
+    return ["parity", ws.artifact_source, "--images", ws.photo(), "--poses", "0", "--report-dir", ws.path("report")]
 
 
 @case("parity/report-folder-missing", 1, "--report folder does not exist")
@@ -937,6 +1011,8 @@ def test_bad_input(item: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, 
             if folder.is_dir():
                 folder.chmod(0o755)
     monkeypatch.undo()  # the simulated faults end with the command
+    for held in ws.held:
+        held.close()
     assert result.exit_code == item.exit_code, result.output
     check_stderr(result, item)
     after = snapshot(tmp_path)
@@ -952,7 +1028,7 @@ def test_bad_input(item: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, 
 
 def test_the_catalogue_covers_every_command() -> None:
     commands = {c.name.split("/")[0] for c in CASES}
-    assert commands >= {"predict", "render", "run", "parity", "onnx", "coreml", "env"}
+    assert commands >= {"predict", "render", "view", "run", "parity", "onnx", "coreml", "env"}
     assert len(CASES) >= 40 and len({c.name for c in CASES}) == len(CASES)
     assert {c.exit_code for c in CASES} == {0, 1, 2, 130}
 

@@ -6,7 +6,7 @@ from click.testing import CliRunner
 
 from sharp_export import __version__
 from sharp_export.cli import cli
-from sharp_export.commands.options import PRESET_NAMES, REFERENCE_PRECISIONS
+from sharp_export.commands.options import PRESET_NAMES, REFERENCE_PRECISIONS, SCENE_FORMATS, Y_UP_FORMATS
 from sharp_export.parity.tolerances import REFERENCE_PROFILES
 from sharp_export.reference.checkpoint import PRECISIONS as REFERENCE_DTYPES
 from sharp_export.reference.model.params import PRESETS
@@ -25,6 +25,14 @@ def test_reference_precisions_are_one_list():
     assert set(REFERENCE_PRECISIONS) == set(REFERENCE_DTYPES) == set(REFERENCE_PROFILES)
 
 
+def test_scene_formats_are_one_list():
+    # Literal in the CLI (no torch at --help), so pinned here to the writer's table.
+    from sharp_export.reference import ply
+
+    assert SCENE_FORMATS == ply.FORMAT_SUFFIXES and tuple(SCENE_FORMATS) == ply.PLY_FORMATS
+    assert Y_UP_FORMATS == ply.Y_UP_FORMATS
+
+
 def test_help_and_env_import_no_toolchain():
     # A fresh interpreter: `sharp-export --help` (every target command generated) and `env` without torch.
     import subprocess
@@ -34,7 +42,9 @@ def test_help_and_env_import_no_toolchain():
         "import sys; from click.testing import CliRunner; from sharp_export.cli import cli; "
         "r = CliRunner(); assert r.invoke(cli, ['--help']).exit_code == 0; "
         "assert r.invoke(cli, ['onnx', '--help']).exit_code == 0; assert r.invoke(cli, ['env']).exit_code == 0; "
-        "names = ('torch', 'onnx', 'onnxruntime', 'coremltools', 'tensorrt', 'openvino'); "
+        "assert r.invoke(cli, ['view', '--help']).exit_code == 0; "
+        "names = ('torch', 'onnx', 'onnxruntime', 'coremltools', 'tensorrt', 'openvino', 'viser', 'gsply', "
+        "'matplotlib'); "
         "heavy = [m for m in names if m in sys.modules]; "
         "print(heavy)"
     )
@@ -59,7 +69,7 @@ def test_unexpected_errors_are_one_line_with_exit_5(monkeypatch, tmp_path):
 def test_version_and_help_list_every_target():
     assert __version__ in invoke("--version").output
     text = invoke("--help").output
-    for name in ("predict", "render", "run", "parity", "env", "onnx", "coreml", "tensorrt"):
+    for name in ("predict", "render", "view", "run", "parity", "env", "onnx", "coreml", "tensorrt"):
         assert f"  {name}" in text
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -97,3 +98,76 @@ def test_usage_errors_are_one_line(tmp_path):
     assert result.exit_code == 1 and result.output.count("\n") == 1 and "does not exist" in result.output
     result = invoke("parity", "--write-golden", tmp_path / "g", "--golden", tmp_path)
     assert result.exit_code == 1 and "--write-golden takes no ARTIFACT" in result.output
+
+
+def test_default_report_goes_into_the_artifact_and_each_run_replaces_it(artifact, image, tmp_path, monkeypatch):
+    from sharp_export.artifact import verify_files
+    from sharp_export.commands.parity import DEFAULT_REPORT
+
+    monkeypatch.chdir(tmp_path)  # a CI job's working folder: nothing may land here
+    copy = tmp_path / "art"
+    shutil.copytree(artifact, copy)
+    for _ in range(2):  # the same artifact twice, as CI reruns do: no "already exists"
+        result = invoke("parity", copy, "--images", image, "--poses", "0")
+        assert result.exit_code == 0, result.output
+        assert f"report: {copy / DEFAULT_REPORT} (PASS)" in result.output
+    assert json.loads((copy / DEFAULT_REPORT).read_text())["passed"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]
+    verify_files(copy)  # the report is not one of the artifact's files: run --verify still passes
+
+
+@pytest.fixture(scope="module")
+def failing_report(artifact, image, tmp_path_factory):
+    """`parity --report-dir` on the damaged artifact, 2 poses; a PSNR floor of 120 dB fails the views too (they
+    differ by at most 0.014, far above 120 dB's 1e-6), so the page has failing views as well as failing attributes."""
+    pytest.importorskip("matplotlib", reason="parity --report-dir draws with matplotlib (the bench extra)")
+    tmp_path = tmp_path_factory.mktemp("report")
+    tolerances = tmp_path / "tol.json"
+    tolerances.write_text(json.dumps({"psnr_min_db": 120.0}))
+    folder = tmp_path / "report"
+    damaged = damaged_copy(artifact, tmp_path)
+    args = ("parity", damaged, "--images", image, "--poses", "2", "--tolerances", tolerances, "--report-dir", folder)
+    return invoke(*args), folder, args
+
+
+def test_report_dir_has_pictures_and_a_page_with_failures_first(failing_report):
+    from PIL import Image
+
+    result, folder, args = failing_report
+    assert result.exit_code == 3, result.output
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == ["index.html", "input_640x480__first.png", "input_640x480__quarter.png", "parity.json"]
+    document = json.loads((folder / "parity.json").read_text())
+    assert not document["passed"] and "input_640x480:mean_vectors.means_rel_depth" in document["failures"]
+    assert "view input_640x480:first.psnr_db" in document["failures"]
+    for name in names[1:3]:
+        with Image.open(folder / name) as picture:
+            assert picture.format == "PNG" and picture.width > 2 * picture.height  # three panels side by side
+    page = (folder / "index.html").read_text()
+    assert "http" not in page  # nothing fetched from a network
+    rows = re.findall(r'<tr class="(\w+)"', page.split("<h2>Views")[0])
+    assert rows[0] == "fail" and rows.index("pass") > max(i for i, r in enumerate(rows) if r == "fail")
+    again = invoke(*args)
+    assert again.exit_code == 1 and "already exists" in again.output  # --force replaces it
+
+
+def test_parity_page_in_chromium(failing_report):
+    from chromium_page import browser_page, png_pixels, require_chromium, save_screenshot
+
+    require_chromium()
+    result, folder, _ = failing_report
+    assert result.exit_code == 3, result.output
+    with browser_page(1100, 900) as page:
+        requests = []
+        page.on("request", lambda request: requests.append(request.url))
+        page.goto((folder / "index.html").as_uri())
+        page.wait_for_load_state("load")
+        loaded = page.evaluate("() => Array.from(document.images).map(i => i.complete && i.naturalWidth > 0)")
+        first_row = page.evaluate("() => document.querySelector('table tbody tr').innerText")
+        heading = page.evaluate("() => document.querySelector('h3').innerText")
+        shot = png_pixels(page.screenshot(full_page=True))
+    assert loaded == [True, True]
+    assert "FAIL" in first_row and "FAIL" in heading
+    assert all(url.startswith("file://") for url in requests), requests  # no server, no network
+    assert shot.std() > 20  # the page rendered (text, table colours, pictures)
+    save_screenshot(shot, "parity-report.png")

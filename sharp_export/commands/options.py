@@ -41,18 +41,46 @@ def model_options(function: Callable) -> Callable:
     return function
 
 
+# Scene format -> file name ending; literal so `--help` does not import torch (test_cli_basics checks it equals
+# reference.ply.FORMAT_SUFFIXES).
+SCENE_FORMATS = {
+    "official": ".ply", "viewer": ".ply", "splat": ".splat", "spz": ".spz", "compressed-ply": ".compressed.ply",
+}  # fmt: skip
+Y_UP_FORMATS = ("viewer", "splat", "compressed-ply")
+
+
+def scene_suffix(ply_format: str) -> str:
+    return SCENE_FORMATS[ply_format]
+
+
+def check_scene_format(ply_format: str, y_up: bool) -> None:
+    """Before any work: --y-up only where the format leaves the axes to us (not the official PLY's OpenCV axes,
+    not SPZ's own), and gsply installed for the compact formats."""
+    import importlib.util
+
+    from sharp_export.errors import MissingDependencyError, UserInputError
+
+    if y_up and ply_format not in Y_UP_FORMATS:
+        why = "SPZ is y-up by definition" if ply_format == "spz" else "the official PLY keeps OpenCV axes"
+        raise UserInputError(f"--y-up applies to --format {' / '.join(Y_UP_FORMATS)}; {why}")
+    if ply_format in ("spz", "compressed-ply") and importlib.util.find_spec("gsply") is None:
+        raise MissingDependencyError("gsply", "spz", f"--format {ply_format}")
+
+
 def ply_format_options(function: Callable) -> Callable:
-    """--format official|viewer|splat and --y-up, for every command that writes scenes."""
+    """--format official|viewer|splat|spz|compressed-ply and --y-up, for every command that writes scenes."""
     function = click.option(
-        "--y-up", is_flag=True, help="Rotate 180 degrees about x for y-up viewers (viewer/splat formats)."
+        "--y-up", is_flag=True, help="Rotate 180 degrees about x for y-up viewers (viewer/splat/compressed-ply)."
     )(function)
     return click.option(
         "--format",
         "ply_format",
-        type=click.Choice(["official", "viewer", "splat"]),
+        type=click.Choice(list(SCENE_FORMATS)),
         default="official",
         show_default=True,
-        help="official: ml-sharp's PLY; viewer: vertex-only PLY for 3DGS viewers; splat: .splat for WebGL viewers.",
+        help="official: ml-sharp's PLY; viewer: vertex-only PLY for 3DGS viewers; splat: .splat for WebGL viewers; "
+        "spz: Niantic's SPZ v3 (gzip), ~4x smaller; compressed-ply: PlayCanvas/SuperSplat's compressed PLY. "
+        "spz and compressed-ply need the 'spz' extra (gsply).",
     )(function)
 
 

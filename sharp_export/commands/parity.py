@@ -19,6 +19,10 @@ from sharp_export.outputs import FORCE_HINT, ensure_folder
 from sharp_export.progress import echo
 from sharp_export.registry import all_devices, resolve_artifact
 
+# The default report lives in the artifact's own folder (not listed in its manifest), so checking several
+# artifacts from one working folder, or the same one twice in CI, never collides; each run replaces it.
+DEFAULT_REPORT = "parity-check.json"
+
 
 def check_report_path(report: Path, force: bool) -> None:
     """The --report file can be written: its folder exists and takes files, nothing is in the way."""
@@ -44,10 +48,23 @@ def check_report_path(report: Path, force: bool) -> None:
 @click.option("--lpips-weights", type=click.Path(path_type=Path), default=None, help="Folder with LPIPS weights.")
 @click.option("--golden", type=click.Path(path_type=Path), default=None, help="Check ARTIFACT against this bundle.")
 @click.option("--write-golden", type=click.Path(path_type=Path), default=None, help="Write a golden bundle and exit.")
-@click.option("--report", type=click.Path(path_type=Path), default=Path("parity.json"), show_default=True)
+@click.option(
+    "--report",
+    type=click.Path(path_type=Path),
+    default=None,
+    help=f"JSON report file. Default: ARTIFACT/{DEFAULT_REPORT}, replaced by each run (no --force needed).",
+)
+@click.option(
+    "--report-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Folder for parity.json, one PNG per image and pose (reference | artifact | difference) and index.html.",
+)
 @click.option("--device", type=click.Choice(list(all_devices())), default="cpu", show_default=True)
 @max_pixels_option
-@click.option("--force", is_flag=True, help="Replace an existing --report file or --write-golden bundle.")
+@click.option(
+    "--force", is_flag=True, help="Replace an existing --report file, --report-dir folder or --write-golden bundle."
+)
 @click.pass_context
 def command(
     ctx: click.Context,
@@ -61,7 +78,8 @@ def command(
     lpips_weights: Path | None,
     golden: Path | None,
     write_golden: Path | None,
-    report: Path,
+    report: Path | None,
+    report_dir: Path | None,
     device: str,
     max_pixels: int,
     force: bool,
@@ -101,7 +119,19 @@ def command(
             path=artifact,
             fix="drop --preset; parity uses the artifact's own preset",
         )
-    check_report_path(report, force)
+    replace_default = report is None and report_dir is None
+    if replace_default:
+        report = artifact / DEFAULT_REPORT
+    if report is not None:
+        check_report_path(report, force or replace_default)
+    collector = None
+    if report_dir is not None:
+        from sharp_export.parity.pictures import INDEX, PictureCollector
+        from sharp_export.plots import require_plot
+
+        require_plot("parity --report-dir")
+        check_output_path(report_dir.absolute(), force, INDEX)
+        collector = PictureCollector()
     tols = resolved.tolerances(tolerances)
     lpips_model = load_lpips(lpips_weights) if poses else None
     if poses and lpips_model is None:
@@ -109,8 +139,16 @@ def command(
     result = harness.check_artifact(
         resolved, tolerances=tols, poses=pose_names, lpips_model=lpips_model, device=device, golden=golden,
         image_paths=paths, preset=preset, checkpoint=checkpoint, seed=seed, max_pixels=max_pixels,
+        on_views=collector,
     )  # fmt: skip
     click.echo(format_table(result))
-    write_atomic(report, [(json.dumps(to_json(result), indent=2) + "\n").encode()])
-    echo(f"report: {report} ({'PASS' if result.passed else 'FAIL'})")
+    verdict = "PASS" if result.passed else "FAIL"
+    if report is not None:
+        write_atomic(report, [(json.dumps(to_json(result), indent=2) + "\n").encode()])
+        echo(f"report: {report} ({verdict})")
+    if collector is not None:
+        from sharp_export.parity.pictures import write_report_folder
+
+        write_report_folder(result, collector.pictures, report_dir, force)
+        echo(f"report: {report_dir / 'index.html'} ({verdict}; {len(collector.pictures)} pictures)")
     raise_if_failed(result)

@@ -15,17 +15,15 @@ from sharp_export.commands.base import OneLineCommand
 from sharp_export.commands.options import (
     REFERENCE_PRECISIONS,
     batch_options,
+    check_scene_format,
     max_pixels_option,
     model_options,
     ply_format_options,
+    scene_suffix,
 )
 from sharp_export.errors import UserInputError
 from sharp_export.outputs import for_each_input, output_folder, plan_outputs
 from sharp_export.progress import echo
-
-
-def scene_suffix(ply_format: str) -> str:
-    return ".splat" if ply_format == "splat" else ".ply"
 
 
 def planned_outputs(images: list[Path], out_dir: Path, suffix: str, render: bool) -> dict[Path, list[Path]]:
@@ -95,8 +93,7 @@ def command(
         raise UserInputError("no input images", fix="pass image files or directories, or --sample coffee")
     images = list_images(paths)
     torch_device = resolve_device(device)
-    if y_up and ply_format == "official":
-        raise UserInputError("--y-up applies to --format viewer or splat; the official PLY keeps OpenCV axes")
+    check_scene_format(ply_format, y_up)
     suffix = scene_suffix(ply_format)
     plan_outputs(planned_outputs(images, out_dir, suffix, render), force)
 

@@ -16,9 +16,14 @@ from pathlib import Path
 import click
 
 from sharp_export.commands.base import OneLineCommand
-from sharp_export.commands.options import batch_options, max_pixels_option, ply_format_options
+from sharp_export.commands.options import (
+    batch_options,
+    check_scene_format,
+    max_pixels_option,
+    ply_format_options,
+    scene_suffix,
+)
 from sharp_export.env import environment_report, format_environment
-from sharp_export.errors import UserInputError
 from sharp_export.outputs import for_each_input, output_folder, plan_outputs
 from sharp_export.progress import echo
 from sharp_export.registry import all_devices, resolve_artifact
@@ -52,13 +57,12 @@ def run_command(
     """
     import torch
 
-    from sharp_export.commands.predict import planned_outputs, scene_suffix
+    from sharp_export.commands.predict import planned_outputs
     from sharp_export.pipeline import gaussians_for_image
     from sharp_export.reference.ply import save_ply
     from sharp_export.reference.preprocess import list_images
 
-    if y_up and ply_format == "official":
-        raise UserInputError("--y-up applies to --format viewer or splat; the official PLY keeps OpenCV axes")
+    check_scene_format(ply_format, y_up)
     resolved = resolve_artifact(artifact, verify=verify)  # the manifest, read once, and its target row
     manifest = resolved.manifest
     images = list_images(list(inputs))

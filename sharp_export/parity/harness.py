@@ -42,6 +42,8 @@ DEFAULT_SAMPLES = ("coffee", "chelsea")  # real photos from scikit-image; two ke
 
 # (image [1, 3, R, R], disparity_factor [1]) -> raw Gaussians
 InferFn = Callable[[torch.Tensor, torch.Tensor], Gaussians3D]
+# (image name, pose, reference render, candidate render): sees every rendered view pair (parity --report-dir)
+ViewSink = Callable[[str, str, RenderOutput, RenderOutput], None]
 
 
 @dataclasses.dataclass
@@ -83,6 +85,7 @@ def compare_scene(
     lpips_model: Any,
     resolution: int,
     reference_views: list | None = None,  # precomputed (golden bundle) renders of the reference
+    on_views: ViewSink | None = None,
 ) -> tuple[list, list]:
     """Attribute lines and view lines for one image, labelled with its name."""
     attributes = compare_gaussians(reference, candidate, tolerances, space="raw")
@@ -94,6 +97,9 @@ def compare_scene(
             reference_views = render_views(ref_scene, item.meta, poses)
         candidate_views = render_views(cand_scene, item.meta, poses, trajectory_from=ref_scene)
         views = compare_renders(reference_views, candidate_views, lpips_model, tolerances)
+        if on_views is not None:
+            for (pose, ref_render), (_, cand_render) in zip(reference_views, candidate_views, strict=True):
+                on_views(item.name, pose, ref_render, cand_render)
     return _label(attributes, item.name, "attribute"), _label(views, item.name, "view")
 
 
@@ -106,13 +112,16 @@ def run_parity(
     lpips_model: Any = None,
     resolution: int = 1536,
     meta: dict | None = None,
+    on_views: ViewSink | None = None,
 ) -> ParityReport:
     report = ParityReport(meta=dict(meta or {}))
     for index, item in enumerate(inputs, start=1):
         echo(f"[{index}/{len(inputs)}] {item.name}: artifact, reference, {len(poses)} views ...")
         cand = candidate(item.image, item.disparity_factor)
         ref = reference(item.image, item.disparity_factor)
-        attributes, views = compare_scene(item, ref, cand, tolerances, poses, lpips_model, resolution)
+        attributes, views = compare_scene(
+            item, ref, cand, tolerances, poses, lpips_model, resolution, on_views=on_views
+        )
         report.attributes += attributes
         report.views += views
     return report
@@ -240,6 +249,7 @@ def check_golden(
     meta: dict | None = None,
     max_poses: int | None = None,
     artifact_input: tuple[int | str | None, str | None] | None = None,  # (resolution, preset) of the artifact
+    on_views: ViewSink | None = None,
 ) -> ParityReport:
     """An artifact against a golden bundle: no reference weights or reference model needed."""
 
@@ -284,8 +294,9 @@ def check_golden(
         ]
         cand = candidate(item.image, item.disparity_factor)
         attributes, view_results = compare_scene(
-            item, reference, cand, tolerances, poses, lpips_model, index["resolution"], reference_views=views
-        )
+            item, reference, cand, tolerances, poses, lpips_model, index["resolution"], reference_views=views,
+            on_views=on_views,
+        )  # fmt: skip
         report.attributes += attributes
         report.views += view_results
     return report
@@ -355,6 +366,7 @@ def check_artifact(
     checkpoint: str | None = None,
     seed: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    on_views: ViewSink | None = None,
 ) -> ParityReport:
     """An artifact (its manifest read once by ``registry.resolve_artifact``) against a golden bundle (``golden``),
     else against the reference model of its own preset (``preset`` when its manifest names none) on ``image_paths``.
@@ -373,7 +385,9 @@ def check_artifact(
     with artifact.runner(device) as runner:
         if golden is not None:
             wanted = (artifact.resolution, manifest.source.get("preset"))
-            return check_golden(golden, runner.infer, tolerances, lpips_model, meta, len(poses), wanted)
+            return check_golden(
+                golden, runner.infer, tolerances, lpips_model, meta, len(poses), wanted, on_views=on_views
+            )
         loaded = build_model(manifest.source.get("preset", preset), *reference_weights(manifest, checkpoint, seed))
         if int(loaded.model.resolution) != artifact.resolution:
             raise UserInputError(
@@ -393,4 +407,6 @@ def check_artifact(
         resolution = int(loaded.model.resolution)
         inputs = load_inputs(image_paths or default_image_paths(), resolution, max_pixels)
         with TorchRunner(loaded) as reference:
-            return run_parity(runner.infer, reference.infer, inputs, tolerances, poses, lpips_model, resolution, meta)
+            return run_parity(
+                runner.infer, reference.infer, inputs, tolerances, poses, lpips_model, resolution, meta, on_views
+            )
