@@ -1,7 +1,8 @@
 """The bad-input catalogue as a whole, and the pieces it relies on.
 
-The cases are in tests/test_bad_inputs_scenes.py (predict, render, run) and tests/test_bad_inputs_exports.py
-(parity, the export targets, env); the machinery in tests/catalogue.py.
+The cases are in tests/test_bad_inputs_scenes.py (predict, render, run), tests/test_bad_inputs_exports.py
+(parity, the export targets, env) and tests/test_bad_inputs_safety.py (--force, non-finite values, SIGTERM,
+concurrent writers, across commands); the machinery in tests/catalogue.py.
 """
 
 from __future__ import annotations
@@ -14,19 +15,20 @@ from catalogue import RENDER, TINY, disk_full, png_header_only, save_photo, scen
 from click.testing import CliRunner
 from PIL import Image
 from test_bad_inputs_exports import CASES as EXPORT_CASES
+from test_bad_inputs_safety import CASES as SAFETY_CASES
 from test_bad_inputs_scenes import CASES as SCENE_CASES
 
 from sharp_export.cli import cli
 from sharp_export.errors import BatchError, OutputError, UserInputError, output_error
 
-CASES = SCENE_CASES + EXPORT_CASES
+CASES = SCENE_CASES + EXPORT_CASES + SAFETY_CASES
 
 
 def test_the_catalogue_covers_every_command() -> None:
     commands = {c.name.split("/")[0] for c in CASES}
-    assert commands >= {"predict", "render", "run", "parity", "onnx", "coreml", "env"}
+    assert commands >= {"predict", "render", "run", "parity", "onnx", "coreml", "env", "triton"}
     assert len(CASES) >= 40 and len({c.name for c in CASES}) == len(CASES)
-    assert {c.exit_code for c in CASES} == {0, 1, 2, 130}
+    assert {c.exit_code for c in CASES} == {0, 1, 2, 3, 130, 143}
 
 
 # ---- the pieces the catalogue relies on ----------------------------------------------------------------------------
@@ -99,6 +101,6 @@ def test_png_frames_replace_an_old_folder_only_when_complete(tmp_path: Path) -> 
     old.mkdir(parents=True)
     (old / "color_0000.png").write_bytes(b"old frame")
     written = render_trajectory(gaussians, meta, cameras, tmp_path / "out", "s", backend="torch", png=True,
-                                progress=False)  # fmt: skip
+                                progress=False, replace=True)  # fmt: skip
     assert len(written) == 4 and (old / "color_0000.png").read_bytes() != b"old frame"
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["s_frames"]

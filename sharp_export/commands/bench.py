@@ -13,7 +13,6 @@ from typing import Any
 
 import click
 
-from sharp_export import bench
 from sharp_export.commands.base import OneLineCommand
 from sharp_export.commands.options import model_options
 from sharp_export.errors import UserInputError
@@ -149,6 +148,7 @@ def command(
     seconds of runs and a model-latency CV of at most --max-cv, or --max-runs / --max-time is reached
     (then it is reported UNSTABLE). Ratios are against the first candidate.
     """
+    from sharp_export import bench  # torch: imported when the command runs, never for --help
     from sharp_export.reference.preprocess import list_images
     from sharp_export.samples import DEFAULT_SAMPLE, sample_image_path
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from sharp_export.artifact import check_output_path
+from sharp_export.artifact import announce_stale, check_output_path
 from sharp_export.commands.base import OneLineCommand
 from sharp_export.commands.options import max_pixels_option, model_options
 from sharp_export.errors import UserInputError
@@ -31,6 +31,7 @@ def check_report_path(report: Path, force: bool) -> None:
     if not folder.is_dir():
         raise UserInputError("the --report folder does not exist", path=folder, fix="create it, or pick another path")
     ensure_folder(folder, "--report")
+    announce_stale(folder, report.name)
 
 
 @click.command("parity", cls=OneLineCommand)
@@ -84,7 +85,7 @@ def command(
     if write_golden is not None:
         if artifact is not None or golden is not None:
             raise UserInputError("--write-golden takes no ARTIFACT and no --golden")
-        check_output_path(write_golden.absolute(), force, harness.GOLDEN_INDEX)
+        check_output_path(write_golden.absolute(), force, harness.GOLDEN)
         written = harness.write_reference_golden(
             write_golden, preset, checkpoint, seed, paths, pose_names, max_pixels=max_pixels, force=force
         )
@@ -111,6 +112,6 @@ def command(
         image_paths=paths, preset=preset, checkpoint=checkpoint, seed=seed, max_pixels=max_pixels,
     )  # fmt: skip
     click.echo(format_table(result))
-    write_atomic(report, [(json.dumps(to_json(result), indent=2) + "\n").encode()])
+    write_atomic(report, [(json.dumps(to_json(result), indent=2) + "\n").encode()], replace=force)
     echo(f"report: {report} ({'PASS' if result.passed else 'FAIL'})")
     raise_if_failed(result)
