@@ -143,9 +143,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         for fmt in ("official", "viewer", "splat"):
             target = Path(folder) / f"scene.{'splat' if fmt == 'splat' else 'ply'}"
-            walls = [
-                timed(lambda fmt=fmt, target=target: save_ply(ours, META, target, format=fmt))[0] for _ in range(3)
-            ]
+            write = lambda fmt=fmt, target=target: save_ply(ours, META, target, format=fmt, replace=True)  # noqa: E731
+            walls = [timed(write)[0] for _ in range(3)]
             ply[fmt] = {"best_s": min(walls), "bytes": target.stat().st_size}
 
     best = {

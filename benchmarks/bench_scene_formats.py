@@ -59,9 +59,9 @@ def measure(name: str, gaussians: Gaussians3D, meta: SceneMeta, folder: Path) ->
         path = folder / f"{name}{FORMAT_SUFFIXES[fmt]}"
         if fmt == "viewer":
             path = folder / f"{name}.viewer.ply"
-        save_ply(gaussians, meta, path, format=fmt)  # once to warm up gsply's compiled kernels
+        save_ply(gaussians, meta, path, format=fmt, replace=True)  # once to warm up gsply's compiled kernels
         start = time.perf_counter()
-        save_ply(gaussians, meta, path, format=fmt)
+        save_ply(gaussians, meta, path, format=fmt, replace=True)
         write_s = time.perf_counter() - start
         start = time.perf_counter()
         scene, _, _ = load_scene(path)

@@ -7,8 +7,13 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
+import re
 import tempfile
+import types
 import urllib.request
+import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,30 +86,113 @@ def download(url: str, expected_sha256: str | None = None) -> Path:
     return target
 
 
+def _restricted_pickle_module() -> types.SimpleNamespace:
+    """A pickle module for ``torch.load`` whose unpickler admits exactly the globals that torch's own weights-only
+    unpickler admits (tensors, storages, plain containers), but every pickle protocol: torch's reads protocol 2
+    only, so a file written with ``torch.save(..., pickle_protocol=4)`` fails there ("Unsupported operand 149").
+    Callables reach an unpickler only through ``find_class``, so nothing outside that list can run."""
+    from torch._weights_only_unpickler import _get_allowed_globals
+
+    allowed = _get_allowed_globals()
+
+    class Unpickler(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> object:
+            key = f"{module}.{name}"
+            if key not in allowed:
+                raise pickle.UnpicklingError(f"Unsupported global: GLOBAL {key} is not a tensor or plain container")
+            return allowed[key]
+
+    return types.SimpleNamespace(__name__="sharp_export_weights_only", Unpickler=Unpickler,
+                                 load=lambda file, **kwargs: Unpickler(file, **kwargs).load())  # fmt: skip
+
+
+def _load_weights_only(path: Path) -> object:
+    """``torch.load`` that never runs pickled code, for every format ``torch.save`` writes."""
+    zipped = zipfile.is_zipfile(path)  # mmap needs the zip layout; the legacy format is read whole
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "Detected pickle protocol 4": handled below
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
+        except Exception as error:
+            if "Unsupported operand" in str(error):  # a pickle protocol above 2 (or junk)
+                module = _restricted_pickle_module()
+                return torch.load(path, map_location="cpu", weights_only=False, pickle_module=module, mmap=zipped)
+            if "Weights only load failed" in str(error) or not zipped:
+                raise
+            # A damaged zip fails mmap with a bare OSError (EINVAL); read whole, torch says what is wrong.
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=False)
+
+
+def torch_load_weights(path: Path, expected: str, noun: str = "checkpoint") -> object:
+    """Tensors and plain containers from a ``torch.save`` file, whatever its format: the zip format (memory-mapped)
+    or the legacy one (before torch 1.6, or ``_use_new_zipfile_serialization=False``), any pickle protocol.
+    Pickled code never runs: only the globals of torch's ``weights_only`` loading are admitted.
+
+    A file that fails is a ``CheckpointError`` naming it (``noun``), what it holds as far as torch says, and
+    ``expected``.
+    """
+    try:
+        return _load_weights_only(path)
+    except Exception as error:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for bad files
+        text = str(error)
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        if found is not None:
+            raise CheckpointError(
+                f"holds pickled Python objects ({found[1]}), which only running code could rebuild, not {expected}; "
+                "it is refused unread (weights_only loading)",
+                path=path,
+                fix=f"save the weights themselves (e.g. torch.save(model.state_dict(), ...)); expected {expected}",
+            ) from None
+        first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+        if text.startswith("Weights only load failed"):
+            first = "not a torch.save file (or a damaged one)"
+        raise CheckpointError(
+            f"cannot read {noun} ({type(error).__name__}: {first[:160]}); expected {expected}",
+            path=path,
+            fix="the file may be truncated, damaged or of another kind; download or copy it again",
+        ) from error
+
+
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Read a plain state_dict from a .pt/.pth (weights_only) or .safetensors file."""
+    """Read a plain state_dict from a .pt/.pth (any torch.save format, weights_only) or .safetensors file."""
     if not path.exists():
         raise CheckpointError("checkpoint file not found", path=path, fix="pass an existing .pt or .safetensors file")
     if path.is_dir():
         raise CheckpointError("expected a checkpoint file, got a directory", path=path)
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    expected = "a SHARP state_dict (a .pt, .pth or .safetensors checkpoint)"
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
 
+        try:
             state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as error:  # torch/safetensors raise many types for a truncated or foreign file
-        raise CheckpointError(
-            f"cannot read checkpoint ({type(error).__name__}: {str(error).splitlines()[0][:160]})",
-            path=path,
-            fix="the file may be truncated or not a SHARP state_dict; download it again",
-        ) from error
+        except Exception as error:  # safetensors raises its own error types for a truncated or foreign file
+            raise CheckpointError(
+                f"cannot read checkpoint as safetensors ({type(error).__name__}: {str(error).splitlines()[0][:160]})",
+                path=path,
+                fix="the file may be truncated or not a SHARP state_dict; download it again",
+            ) from error
+    else:
+        state = torch_load_weights(path, expected)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError("checkpoint is not a plain state_dict of tensors", path=path)
+        raise CheckpointError(
+            f"checkpoint holds a {type(state).__name__}, not a plain state_dict of tensors", path=path, fix=expected
+        )
     return state
+
+
+def check_finite_weights(state: dict[str, torch.Tensor], path: Path) -> None:
+    """Refuse weights with NaN or Inf values, naming the first tensor that has them (a damaged or diverged file)."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        values = int((~torch.isfinite(state[bad[0]])).sum())
+        others = f" and {len(bad) - 1} more tensors" if len(bad) > 1 else ""
+        raise CheckpointError(
+            f"checkpoint has non-finite weights: {values:,} NaN or Inf values in {bad[0]}{others}",
+            path=path,
+            fix="the file is damaged or from a diverged training run; download it again",
+        )
 
 
 def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, preset: str) -> None:
@@ -136,6 +224,7 @@ def load_weights(model: RGBGaussianPredictor, source: str | Path, preset: str) -
     path = download(source) if source.startswith(("https://", "http://")) else Path(source).expanduser()
     state = read_state_dict(path)
     check_state_dict(model, state, path, preset)
+    check_finite_weights(state, path)
     dtypes = {v.dtype for v in state.values() if v.is_floating_point()}
     if dtypes - {torch.float32}:
         names = ", ".join(sorted(str(d).replace("torch.", "") for d in dtypes))

@@ -38,6 +38,35 @@ class Gaussians3D(NamedTuple):
 
 
 @dataclass(frozen=True)
+class NonFinite:
+    """Gaussians with a NaN or Inf in any attribute: how many, of how many, and the first attribute (in
+    ``GAUSSIAN_FIELDS`` order) that has one."""
+
+    count: int
+    total: int
+    first_field: str
+
+    def describe(self) -> str:
+        return f"NaN or Inf values in {self.count:,} of {self.total:,} Gaussians (first attribute: {self.first_field})"
+
+
+def find_non_finite(gaussians: Gaussians3D) -> NonFinite | None:
+    """The non-finite Gaussians of a batch ([B, N, ...] tensors, any dtype or device), or None when all are finite."""
+    batch, count = gaussians.mean_vectors.shape[:2]
+    bad_rows = torch.zeros(batch * count, dtype=torch.bool, device=gaussians.mean_vectors.device)
+    first = None
+    for name in GAUSSIAN_FIELDS:
+        values = getattr(gaussians, name)
+        rows = ~torch.isfinite(values.reshape(batch * count, -1)).all(dim=1)
+        if first is None and bool(rows.any()):
+            first = name
+        bad_rows |= rows.to(bad_rows.device)
+    if first is None:
+        return None
+    return NonFinite(int(bad_rows.sum()), batch * count, first)
+
+
+@dataclass(frozen=True)
 class SceneMeta:
     """What a scene remembers of its source image (written into the PLY's extra elements)."""
 

@@ -1,7 +1,8 @@
 """Write and read Gaussian scenes: ml-sharp's PLY, a vertex-only PLY for 3DGS viewers, and .splat.
 
 All three are written with numpy (no plyfile), atomically: bytes go to a temporary file in the target
-directory, which replaces the target only once complete, so a failure never leaves a partial file.
+directory, which takes the target's name only once complete (``publish.write_file``), so a failure never leaves a
+partial file and of two writers of one file exactly one wins unless ``replace`` is given.
 
 * ``official``: byte layout of ml-sharp's ``save_ply`` (docs/architecture.md §7.3): binary little endian;
   ``vertex`` with x y z f_dc_0..2 opacity scale_0..2 rot_0..3, then extrinsic, intrinsic, image_size, frame,
@@ -20,16 +21,14 @@ own axes (x right, y up, z back), so every SPZ is written rotated and ``y_up`` d
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from sharp_export.errors import UserInputError, output_error
+from sharp_export.errors import UserInputError
 from sharp_export.reference.gaussians import (
     Gaussians3D,
     SceneMeta,
@@ -39,6 +38,7 @@ from sharp_export.reference.gaussians import (
     sh_to_rgb,
     srgb_to_linear,
 )
+from sharp_export.reference.publish import write_file, write_with
 
 PLY_FORMATS = ("official", "viewer", "splat", "spz", "compressed-ply")
 Y_UP_FORMATS = ("viewer", "splat", "compressed-ply")  # SPZ is y-up by definition; the official PLY keeps OpenCV
@@ -79,8 +79,13 @@ def save_ply(
     path: str | Path,
     format: str = "official",
     y_up: bool = False,
+    replace: bool = False,
 ) -> Path:
-    """Write a batch-of-one metric camera-space scene (unit quaternions) in one of ``PLY_FORMATS``."""
+    """Write a batch-of-one metric camera-space scene (unit quaternions) in one of ``PLY_FORMATS``.
+
+    An existing ``path`` is an ``OutputError`` unless ``replace`` (``--force``) is given; then it is replaced
+    atomically.
+    """
     path = Path(path)
     if format not in PLY_FORMATS:
         raise UserInputError(f"unknown scene format '{format}'", fix=f"use one of {', '.join(PLY_FORMATS)}")
@@ -94,7 +99,7 @@ def save_ply(
             + ("SPZ is y-up by definition" if format == "spz" else "the official PLY keeps OpenCV axes")
         )
     if format == "official":
-        write_atomic(path, official_ply_chunks(gaussians, meta))
+        write_atomic(path, official_ply_chunks(gaussians, meta), replace=replace)
         return path
     scene = gaussians.select(0)
     if y_up or format == "spz":  # SPZ stores x right, y up, z back (its readers convert to their own axes)
@@ -102,9 +107,9 @@ def save_ply(
     if format in ("spz", "compressed-ply"):
         from sharp_export.reference import compact
 
-        write_atomic_with(path, compact.writer(format, _attributes(scene)))
+        write_with(path, compact.writer(format, _attributes(scene)), replace=replace)
     else:
-        write_atomic(path, viewer_ply_chunks(scene) if format == "viewer" else splat_chunks(scene))
+        write_atomic(path, viewer_ply_chunks(scene) if format == "viewer" else splat_chunks(scene), replace=replace)
     return path
 
 
@@ -215,43 +220,11 @@ def rotate_x_180(scene: Gaussians3D) -> Gaussians3D:
     return scene._replace(mean_vectors=means, quaternions=quats)
 
 
-def write_atomic(path: Path, chunks: list[bytes]) -> None:
-    """Write ``chunks`` to ``path`` via a temporary sibling file and ``os.replace``.
-
-    On any failure (full disk, read-only folder, Ctrl-C) the temporary file is removed and an existing
-    ``path`` is left as it was; a write fault becomes an ``OutputError`` naming ``path``.
-    """
-
-    def write(temp: Path) -> None:
-        with open(temp, "wb") as handle:
-            for chunk in chunks:
-                handle.write(chunk)
-            handle.flush()
-            os.fsync(handle.fileno())
-
-    write_atomic_with(path, write)
-
-
-def write_atomic_with(path: Path, write: Callable[[Path], None]) -> None:
-    """``write(temp)`` fills a temporary sibling of ``path`` (a library that writes files itself), which then
-    replaces ``path``; the same guarantees as ``write_atomic``."""
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise UserInputError("output directory does not exist", path=path.parent, fix="create it first")
-    # The temporary name keeps the suffix: some writers pick the encoding from it (gsply's .compressed.ply).
-    temp = path.with_name(f".{os.getpid()}.tmp.{path.name}")
-    try:
-        write(temp)
-        os.replace(temp, path)
-    except BaseException as error:
-        with contextlib.suppress(OSError):
-            temp.unlink(missing_ok=True)
-        if isinstance(error, OSError):
-            kept = "the existing file is unchanged" if path.exists() else "no partial file was left"
-            converted = output_error(error, path, outcome=kept)
-            if converted is not None:
-                raise converted from None
-        raise
+def write_atomic(path: Path, chunks: list[bytes], replace: bool = False) -> None:
+    """Write ``chunks`` to ``path`` atomically (``publish.write_file``): a temporary sibling, fsync'd, then
+    published; an existing ``path`` is replaced only with ``replace``. A failure leaves no partial file and an
+    existing ``path`` as it was; a write fault is an ``OutputError`` naming ``path``."""
+    write_file(path, chunks, replace=replace)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -6,8 +6,17 @@ What ml-sharp does and we therefore do (docs/architecture.md §7.1):
 * EXIF orientation 3, 6, 8 applied as 180 / 270 / 90 degree rotations. The mirrored orientations
   (2, 4, 5, 7) are ignored by ml-sharp, so they are ignored here too: the focal length and the model
   input must be those of the official pipeline.
-* Alpha dropped, grey replicated to three channels. Other modes (palette, 16-bit, CMYK, grey+alpha),
-  which ml-sharp would pass on as raw index or channel data, are converted to RGB by PIL instead.
+* 8-bit RGB as decoded; RGBA with its alpha dropped (the colours stored under transparent pixels are used,
+  not composited onto a background), grey replicated to three channels. Each image with an alpha channel
+  gets one warning line saying so.
+
+Where ml-sharp passes other modes on as raw index or channel data (palette indices as grey, 16-bit values
+cut to 8 bits), we give the colours of the image's 8-bit sRGB equivalent instead (``to_rgb``; tested
+within one 8-bit step per mode in tests/test_image_modes.py): 1 and L grey; LA, PA, La, RGBa with their
+alpha dropped; P through its palette (transparency dropped); 16-bit grey (I;16, I;16B, I;16L, I;16N) and
+I scaled from 0..65535; F read as 0..1; CMYK, YCbCr, RGBX and HSV through PIL's conversions; LAB (CIE
+L*a*b*, D50) through littlecms to sRGB. 16-bit RGB and RGBA PNGs are decoded to 8 bits by PIL itself.
+Embedded ICC profiles are ignored for every mode, as ml-sharp ignores them for RGB.
 * Focal length from EXIF, looked up in the main IFD and the Exif sub-IFD (0x8769, where cameras put
   FocalLength); f_px = f_35mm * sqrt(W^2 + H^2) / sqrt(36^2 + 24^2) with the rotated W, H.
 
@@ -36,7 +45,8 @@ from sharp_export.errors import MissingDependencyError, UserInputError
 DEFAULT_FOCAL_35MM = 30.0  # ml-sharp's assumption when EXIF has no focal length
 CROP_FACTOR_GUESS = 8.4  # ml-sharp's crude phone-sensor crop factor for raw focal lengths below 10 mm
 HEIF_SUFFIXES = (".heic", ".heif")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif") + HEIF_SUFFIXES
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".avif") + HEIF_SUFFIXES
+ALPHA_NOTE = "has an alpha channel, dropped as ml-sharp does (colours under transparent pixels are used as stored)"
 
 EXIF_IFD = 0x8769
 TAG_ORIENTATION = 0x0112
@@ -75,11 +85,12 @@ def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loaded
     try:
         exif = _exif_values(pil)
         pil = _apply_orientation(pil, exif.get(TAG_ORIENTATION, 1))
-        rgb = _to_rgb_array(pil)
+        rgb, mode_notes = to_rgb(pil)
     except (OSError, ValueError, SyntaxError) as error:  # PIL reports truncated / corrupt data lazily
         raise UserInputError(f"cannot decode image data ({error})", path=path, fix="re-export the image") from error
     height, width = rgb.shape[:2]
     f_35mm, notes = checked_focal_length_35mm(exif)
+    notes = mode_notes + notes
     return LoadedImage(
         rgb=rgb,
         f_px=focal_length_px(f_35mm, width, height),
@@ -176,16 +187,64 @@ def _apply_orientation(pil, orientation: object):
     return pil
 
 
-def _to_rgb_array(pil) -> np.ndarray:  # [H, W, 3] uint8
+def _grey(values: np.ndarray) -> np.ndarray:  # [H, W] uint8 -> [H, W, 3] uint8
+    return np.stack([values, values, values], axis=-1)
+
+
+def _scaled(values: np.ndarray, top: float) -> tuple[np.ndarray, bool]:  # [H, W] any -> [H, W] uint8, clipped?
+    """``values`` in [0, top] as 8-bit (rounded: 16-bit v * 257 comes back as v); values outside are clipped."""
+    data = values.astype(np.float64)
+    clipped = bool((data < 0).any() or (data > top).any() or not np.isfinite(data).all())
+    data = np.nan_to_num(data, nan=0.0, posinf=top, neginf=0.0)
+    return np.rint(np.clip(data, 0.0, top) * (255.0 / top)).astype(np.uint8), clipped
+
+
+def _lab_to_rgb(pil):
+    """CIE L*a*b* (D50, the ICC connection space TIFF CIELab uses) -> sRGB through littlecms, without its
+    8-bit lookup-table optimisation (which is off by up to 31 steps near black)."""
+    from PIL import ImageCms
+
+    transform = ImageCms.buildTransform(
+        ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB", flags=ImageCms.Flags.NOOPTIMIZE
+    )
+    return ImageCms.applyTransform(pil, transform)
+
+
+def to_rgb(pil) -> tuple[np.ndarray, list[str]]:  # -> [H, W, 3] uint8, notes
+    """The colours of any PIL mode as the 8-bit sRGB image it stands for, and a note for a dropped alpha.
+
+    8-bit RGB and RGBA take ml-sharp's own path, unchanged (the golden tests pin it).
+    """
+    mode = pil.mode
+    notes: list[str] = []
+    if mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in pil.info):
+        notes.append(ALPHA_NOTE)
     # np.array copies: PIL's buffer view is read-only, and torch.from_numpy wants a writable array.
-    if pil.mode == "RGB":
-        return np.array(pil)
-    if pil.mode == "RGBA":
-        return np.ascontiguousarray(np.asarray(pil)[:, :, :3])
-    if pil.mode == "L":
-        grey = np.asarray(pil)
-        return np.stack([grey, grey, grey], axis=-1)
-    return np.array(pil.convert("RGB"))
+    if mode == "RGB":
+        return np.array(pil), notes
+    if mode == "RGBA":
+        return np.ascontiguousarray(np.asarray(pil)[:, :, :3]), notes
+    if mode == "L":
+        return _grey(np.asarray(pil)), notes
+    if mode in ("1", "LA", "La"):
+        return _grey(np.asarray(pil.convert("LA").getchannel("L"))), notes  # La: un-premultiplied first
+    if mode.startswith("I;16") or mode == "I":
+        # PIL's own I;16 -> RGB conversion clips at 255 (a 16-bit photo comes out nearly white). "I" holds 16-bit
+        # data in practice (Pillow before 10 opened 16-bit PNGs as "I"); its values are read on that scale too.
+        grey, clipped = _scaled(np.asarray(pil), 65535.0)
+        if clipped:
+            notes.append(f"mode {mode} has values outside 0..65535; clipped")
+        return _grey(grey), notes
+    if mode == "F":
+        grey, clipped = _scaled(np.asarray(pil), 1.0)  # float images hold 0..1
+        if clipped:
+            notes.append("mode F (32-bit float) has values outside 0..1 or not finite; clipped")
+        return _grey(grey), notes
+    if mode == "LAB":
+        return np.array(_lab_to_rgb(pil)), notes
+    if mode in ("P", "PA", "RGBa"):
+        return np.ascontiguousarray(np.asarray(pil.convert("RGBA"))[:, :, :3]), notes
+    return np.array(pil.convert("RGB")), notes  # CMYK, YCbCr, RGBX, HSV
 
 
 def _as_float(value: object) -> float | None:

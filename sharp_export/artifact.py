@@ -1,21 +1,21 @@
 """Self-describing artifact directories: native files + ``manifest.json`` + ``export.log``, written atomically.
 
-An artifact is built in ``<out>.tmp-<random>`` beside the final path and moved into place with ``os.replace``
-only when everything, manifest last, is written. Any exception (KeyboardInterrupt included) deletes the temp
-directory, so a crashed or interrupted export never leaves something that looks like an artifact.
+An artifact is built in a tagged ``<out>.tmp-<pid>-<start>-<random>@<host>`` folder beside the final path and
+published (``reference/publish.py``) only when everything, manifest last, is written. Any exception
+(KeyboardInterrupt and SIGTERM included) deletes the temp directory, so a crashed or interrupted export never leaves
+something that looks like an artifact; one killed outright (SIGKILL, power cut) leaves a tagged folder that the next
+export to that path removes. ``--force`` replaces only a folder that provably holds nothing but a sharp-export
+artifact (``replace_problem``); golden bundles and Triton model folders follow the same rule (``OutputKind``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import io
 import json
 import os
 import shutil
-import sys
-import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,11 +23,14 @@ from typing import Any
 
 from sharp_export import __version__
 from sharp_export.errors import UserInputError, output_error
+from sharp_export.progress import echo
 from sharp_export.reference.hashing import sha256_file
+from sharp_export.reference.publish import publish_folder, sweep_stale, temp_folder
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 LOG_NAME = "export.log"
+PARITY_NAME = "parity.json"  # the export's own parity report
 TOOL_NAME = "sharp-export"
 
 _REQUIRED_KEYS = ("schema_version", "tool", "source", "target", "precision", "options", "io", "files", "created")
@@ -270,17 +273,73 @@ def verify_files(directory: str | Path, manifest: Manifest | None = None) -> dic
     return manifest.files
 
 
-def _is_artifact(path: Path, marker: str = MANIFEST_NAME) -> bool:
-    return path.is_dir() and (path / marker).is_file()
+@dataclass(frozen=True)
+class OutputKind:
+    """A folder sharp-export writes and may replace with ``--force``: its name for messages, the JSON file that
+    proves it is ours, and the files that JSON accounts for (``accounted(data)``: None when the JSON is not ours)."""
+
+    noun: str
+    marker: str
+    accounted: Callable[[Any], set[str] | None]
 
 
-def check_output_path(final: Path, force: bool, marker: str = MANIFEST_NAME) -> None:
-    """Refuse to overwrite: an existing artifact needs --force; anything else is never replaced."""
-    if not final.exists():
+def artifact_files(data: Any) -> set[str] | None:
+    """The files an artifact manifest accounts for (its listed files, itself, our log and parity report)."""
+    if not isinstance(data, dict) or not isinstance(data.get("schema_version"), int):
+        return None
+    tool, files = data.get("tool"), data.get("files")
+    if not isinstance(tool, dict) or tool.get("name") != TOOL_NAME or not isinstance(files, dict):
+        return None
+    return {rel for rel in files if _safe_relative(rel)} | {MANIFEST_NAME, LOG_NAME, PARITY_NAME}
+
+
+ARTIFACT = OutputKind("artifact", MANIFEST_NAME, artifact_files)
+
+
+def replace_problem(final: Path, kind: OutputKind = ARTIFACT) -> str | None:
+    """Why ``--force`` must not delete the existing folder ``final``, or None when it provably holds nothing but a
+    sharp-export ``kind``: its marker parses as ours, and every file in it is one the marker accounts for.
+
+    An empty folder may be replaced (nothing is lost); a symbolic link anywhere is never ours.
+    """
+    if final.is_symlink():
+        return "it is a symbolic link"
+    files: list[str] = []
+    for folder, dirs, names in os.walk(final, followlinks=False):
+        for name in dirs + names:
+            path = Path(folder, name)
+            if path.is_symlink():
+                return f"it holds a symbolic link, {path.relative_to(final).as_posix()}"
+        files += [Path(folder, name).relative_to(final).as_posix() for name in names]
+    if not files:
+        return None
+    if kind.marker not in files:
+        return f"it has no {kind.marker}"
+    try:
+        accounted = kind.accounted(json.loads((final / kind.marker).read_text()))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        accounted = None
+    if accounted is None:
+        return f"its {kind.marker} is not a sharp-export {kind.noun} manifest"
+    strangers = sorted(set(files) - accounted)
+    if strangers:
+        more = f" and {len(strangers) - 1} more files" if len(strangers) > 1 else ""
+        return f"it holds {strangers[0]}{more}, which its {kind.marker} does not list"
+    return None
+
+
+def check_output_path(final: Path, force: bool, kind: OutputKind = ARTIFACT) -> None:
+    """Refuse to overwrite: an existing ``kind`` folder needs --force; anything else is never replaced."""
+    if not final.exists() and not final.is_symlink():
         return
+    if final.is_symlink():
+        raise UserInputError(
+            "is a symbolic link; an output is never written through one", path=final, fix="choose another output path"
+        )
     if not final.is_dir():
         raise UserInputError(
-            "is an existing file, not a folder; an artifact is a folder and a file is never replaced",
+            f"is an existing file, not a folder; {'an' if kind.noun[0] in 'aeiou' else 'a'} {kind.noun} is a folder "
+            "and a file is never replaced",
             path=final,
             fix="choose another output path",
         )
@@ -288,35 +347,49 @@ def check_output_path(final: Path, force: bool, marker: str = MANIFEST_NAME) -> 
         raise UserInputError(
             "already exists", path=final, fix="pass --force to replace it, or choose another output directory"
         )
-    if not _is_artifact(final, marker) and not (final.is_dir() and not any(final.iterdir())):
+    problem = replace_problem(final, kind)
+    if problem is not None:
         raise UserInputError(
-            "exists and is not a sharp-export artifact; --force only replaces artifacts",
+            f"exists and is not provably a sharp-export {kind.noun} ({problem}); --force replaces only a folder "
+            f"that holds nothing but a sharp-export {kind.noun}, so nothing was touched",
             path=final,
-            fix="choose another output directory",
+            fix="choose another output path, or move the folder away yourself",
         )
 
 
+def announce_stale(folder: Path, base: str | None = None) -> None:
+    """Remove temporaries of ours left in ``folder`` by dead processes (``publish.sweep_stale``), one line each."""
+    for stale in sweep_stale(folder, base):
+        echo(stale.note())
+
+
 @contextlib.contextmanager
-def atomic_directory(final: str | Path, *, force: bool = False, marker: str = MANIFEST_NAME) -> Iterator[Path]:
-    """Yield a temp directory beside ``final``; move it into place on success, delete it on any failure."""
+def atomic_directory(final: str | Path, *, force: bool = False, kind: OutputKind = ARTIFACT) -> Iterator[Path]:
+    """Yield a tagged temp directory beside ``final``; publish it on success, delete it on any failure.
+
+    Without ``force`` exactly one of several writers of ``final`` wins (``publish.publish_folder``); with it, an
+    existing folder is replaced only if it is provably a sharp-export ``kind`` (checked before the work and again
+    before the swap, as the folder may change meanwhile). Temporaries of ``final`` left by dead processes go first.
+    """
     final = Path(final).absolute()
-    check_output_path(final, force, marker)
+    check_output_path(final, force, kind)
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f"{final.name}.tmp-", dir=final.parent))
+        announce_stale(final.parent, final.name)
+        tmp = temp_folder(final)
     except OSError as error:
         converted = output_error(error, final, "cannot create the output folder", "nothing was written")
         if converted is None:
             raise
         raise converted from None
-    os.chmod(tmp, 0o755)  # mkdtemp makes 0700; an artifact is meant to be shared and copied
     try:
         yield tmp
-        _commit(tmp, final)
+        check_output_path(final, force, kind)
+        publish_folder(tmp, final, replace=force)
     except BaseException as error:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(error, OSError) and _is_write_fault(error, tmp):
-            kept = "the existing artifact is unchanged" if final.exists() else "nothing was left at that path"
+            kept = f"the existing {kind.noun} is unchanged" if final.exists() else "nothing was left at that path"
             converted = output_error(error, final, outcome=kept)
             if converted is not None:
                 raise converted from None
@@ -328,51 +401,3 @@ def _is_write_fault(error: OSError, workdir: Path) -> bool:
     if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         return True
     return error.filename is None or str(error.filename).startswith(str(workdir))
-
-
-def _commit(tmp: Path, final: Path) -> None:
-    if not final.exists():
-        os.replace(tmp, final)
-        return
-    # rename() cannot replace a non-empty directory: move the old one aside first, restore it on failure.
-    old = Path(tempfile.mkdtemp(prefix=f"{final.name}.old-", dir=final.parent))
-    os.replace(final, old / "artifact")
-    try:
-        os.replace(tmp, final)
-    except BaseException:
-        os.replace(old / "artifact", final)
-        raise
-    finally:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-class _Tee(io.TextIOBase):
-    """Writes to the real stream and to a buffer (export.log)."""
-
-    def __init__(self, stream: Any, buffer: io.StringIO):
-        self.stream = stream
-        self.buffer = buffer
-
-    def write(self, text: str) -> int:
-        self.buffer.write(text)
-        self.stream.write(text)
-        return len(text)
-
-    def flush(self) -> None:
-        self.stream.flush()
-
-    def isatty(self) -> bool:
-        return False
-
-
-@contextlib.contextmanager
-def capture_log() -> Iterator[io.StringIO]:
-    """Copy everything printed to stderr into a buffer, and route stdout chatter there too.
-
-    Toolchains (torch.onnx, coremltools) print progress to stdout; sending it to stderr keeps our stdout
-    machine-readable while the log still gets the whole story.
-    """
-    buffer = io.StringIO()
-    tee = _Tee(sys.stderr, buffer)
-    with contextlib.redirect_stderr(tee), contextlib.redirect_stdout(tee):
-        yield buffer

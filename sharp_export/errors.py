@@ -13,6 +13,7 @@ code   meaning
 4      conversion failed inside a toolchain
 5      unexpected internal error (a bug: rerun with -v for the traceback)
 130    interrupted (Ctrl-C); partial outputs are removed
+143    terminated (SIGTERM: kill, CI timeouts, containers); partial outputs are removed
 =====  ======================================================
 """
 
@@ -24,6 +25,11 @@ from pathlib import Path
 
 UNEXPECTED_EXIT_CODE = 5
 INTERRUPTED_EXIT_CODE = 130
+TERMINATED_EXIT_CODE = 143  # 128 + SIGTERM, what a shell reports for a process SIGTERM ended
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived. A KeyboardInterrupt, so every clean-up that Ctrl-C runs (partial outputs removed) runs."""
 
 
 class SharpExportError(Exception):
@@ -41,7 +47,8 @@ class SharpExportError(Exception):
         text = f"{self.path}: {self.message}" if self.path is not None else self.message
         if self.fix:
             text += f" ({self.fix})"
-        return text
+        # A third-party message quoted in ours (torch.load's, PIL's) can span lines: one line is the promise.
+        return " ".join(part.strip() for part in text.splitlines() if part.strip())
 
 
 class UserInputError(SharpExportError):
@@ -123,6 +130,10 @@ class ParityError(SharpExportError):
     """An artifact's outputs do not match the reference within tolerance."""
 
     exit_code = 3
+
+
+# A failed export removes its folder, export.log with it: the toolchain's output is seen again with -v.
+TOOLCHAIN_OUTPUT_HINT = "rerun with `sharp-export -v` to see the toolchain's own output"
 
 
 class ConversionError(SharpExportError):

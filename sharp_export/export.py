@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gc
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +22,16 @@ import torch
 from sharp_export import __version__
 from sharp_export.artifact import (
     LOG_NAME,
+    PARITY_NAME,
     Manifest,
     atomic_directory,
-    capture_log,
     check_output_path,
     preprocessing_description,
     raw_io_spec,
     write_manifest,
 )
 from sharp_export.calibration.dataset import is_samples
+from sharp_export.capture import capture_log
 from sharp_export.contract import (
     ConvertContext,
     ExampleInputs,
@@ -43,14 +45,14 @@ from sharp_export.errors import ParityError, TargetUnavailableError, UserInputEr
 from sharp_export.parity.compare import compare_gaussians
 from sharp_export.parity.report import ParityReport, format_table, to_json
 from sharp_export.parity.tolerances import profile_tolerances
+from sharp_export.pipeline import require_finite
 from sharp_export.progress import Stages, echo, peak_rss_gb
 from sharp_export.reference import checkpoint  # checkpoint.build_model: the one place weights are built
-from sharp_export.reference.gaussians import Gaussians3D
+from sharp_export.reference.gaussians import Gaussians3D, find_non_finite
 from sharp_export.registry import get_target
 from sharp_export.samples import example_inputs
 from sharp_export.targets import CALIBRATED_PRECISIONS, Target
 
-PARITY_NAME = "parity.json"
 DYNAMIC_EXAMPLE_BATCH = 2  # torch.export specialises a dimension whose example size is 0 or 1
 
 
@@ -144,19 +146,31 @@ def default_parity_hook(ctx: ParityContext) -> dict[str, Any]:
     report = ParityReport(results, [], meta)
     echo(format_table(report))
     document = to_json(report)
-    (ctx.artifact_dir / PARITY_NAME).write_text(json.dumps(document, indent=2) + "\n")
-    return {
+    summary = {
         "status": "passed" if report.passed else "failed",
         "failures": document["failures"],
         "details": PARITY_NAME,
         "batch": ctx.example.batch,
     }
+    # Non-finite outputs fail the rows above already; they are named first, in the manifest and the error line, so
+    # that no one ships such an artifact unawares (it is kept, marked failed, like any artifact that fails parity).
+    problem = find_non_finite(candidate)
+    if problem is not None:
+        line = f"non-finite outputs: {problem.describe()} on the golden pattern"
+        echo(f"    the artifact produced {problem.describe()}")
+        failures = [line, *summary["failures"]]
+        summary = {**summary, "status": "failed", "failures": failures, "non_finite": asdict(problem)}
+        document = {**document, "non_finite": asdict(problem)}
+    (ctx.artifact_dir / PARITY_NAME).write_text(json.dumps(document, indent=2) + "\n")
+    return summary
 
 
 def _reference_outputs(model: torch.nn.Module, example: ExampleInputs) -> Gaussians3D:
     with torch.no_grad():
         out = model(example.image, example.disparity_factor)
-    return Gaussians3D(*(t.detach().clone() for t in out))
+    reference = Gaussians3D(*(t.detach().clone() for t in out))
+    require_finite(reference, "the golden test pattern", producer="the model", artifact=False)
+    return reference
 
 
 def gate_proxy(profile: str, outputs: ProxyOutputs, reference: Gaussians3D) -> dict[str, Any]:
@@ -186,8 +200,13 @@ def apply_proxy(summary: dict[str, Any], proxy: dict[str, Any] | None) -> dict[s
     return summary
 
 
-def run_export(request: ExportRequest, parity_hook: ParityHook | None = None) -> Path:
-    """Export one artifact. Returns its directory. Raises ParityError (after writing) when parity fails."""
+def run_export(
+    request: ExportRequest, parity_hook: ParityHook | None = None, show_toolchain_output: bool = False
+) -> Path:
+    """Export one artifact. Returns its directory. Raises ParityError (after writing) when parity fails.
+
+    The toolchains' own output goes to the artifact's export.log only, unless ``show_toolchain_output`` (``-v``).
+    """
     target = get_target(request.target)
     validate_request(target, request)
     options = {o.name: request.options.get(o.name, o.default) for o in target.options}
@@ -196,7 +215,7 @@ def run_export(request: ExportRequest, parity_hook: ParityHook | None = None) ->
     output = Path(request.output).absolute()
     with_proxy = request.parity and target.proxy is not None
     stages = Stages(total=3 + (2 if request.parity else 0) + (1 if with_proxy else 0))
-    with capture_log() as log, atomic_directory(output, force=request.force) as workdir:
+    with capture_log(show_toolchain_output) as log, atomic_directory(output, force=request.force) as workdir:
         echo(f"sharp-export {__version__}: {target.name} {request.precision} export of preset '{request.preset}'")
         with stages.stage("build model"):
             loaded = checkpoint.build_model(

@@ -8,21 +8,25 @@
   ``fail_fast`` stops at the first. An output that cannot be written stops the batch at once.
 
 The writers themselves (reference/ply.py, reference/render/video.py, sharp_export/artifact.py) are atomic:
-a temporary name, renamed into place only when complete, removed on every failure.
+a tagged temporary name, published only when complete (``reference/publish.py``: of two writers of one output
+exactly one wins; ``--force`` replaces atomically), removed on every failure. ``output_folder`` first removes
+temporaries of ours that dead processes (SIGKILL, a power cut) left in the folder.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import re
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from sharp_export.errors import BatchError, OutputError, SharpExportError, UserInputError, output_error
 from sharp_export.progress import echo
+from sharp_export.reference.publish import sweep_stale, temp_path
 
 FORCE_HINT = "pass --force to replace it, or choose another output path"
+FRAME_NAME = re.compile(r"(color|depth)_\d{4,}\.png")  # render_trajectory's PNG frames
 
 
 def _missing_ancestors(folder: Path) -> list[Path]:
@@ -51,8 +55,8 @@ def ensure_folder(folder: Path, flag: str = "-o") -> list[Path]:
             f"cannot create the output folder ({error.strerror or error})", path=folder, fix=f"choose another {flag}"
         ) from None
     try:
-        handle, probe = tempfile.mkstemp(prefix=".sharp-export-write-check-", dir=folder)
-        os.close(handle)
+        probe = temp_path(folder / "sharp-export-write-check")  # tagged: a killed run's probe is swept later
+        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
         os.unlink(probe)
     except OSError as error:
         _remove_empty(created)
@@ -74,6 +78,8 @@ def _remove_empty(folders: Sequence[Path]) -> None:
 def output_folder(folder: Path, flag: str = "-o") -> Iterator[Path]:
     """``ensure_folder`` for the duration of a command; on failure, folders it created and left empty go."""
     created = ensure_folder(folder, flag)
+    for stale in sweep_stale(folder):
+        echo(stale.note())
     try:
         yield folder
     except BaseException:
@@ -106,6 +112,26 @@ def plan_outputs(outputs: dict[Path, list[Path]], force: bool, folders: frozense
     if existing and not force:
         more = f" (and {len(existing) - 1} more outputs)" if len(existing) > 1 else ""
         raise UserInputError(f"already exists{more}; nothing was overwritten", path=existing[0], fix=FORCE_HINT)
+    for target in existing:
+        problem = frames_problem(target) if target in folders else None
+        if problem is not None:
+            raise UserInputError(
+                f"exists and is not provably a folder of rendered frames ({problem}); --force replaces only a folder "
+                "that holds nothing but frames, so nothing was touched",
+                path=target,
+                fix="choose another -o folder, or move the folder away yourself",
+            )
+
+
+def frames_problem(folder: Path) -> str | None:
+    """Why ``--force`` must not replace ``folder``, or None when it holds only ``color_NNNN.png`` and
+    ``depth_NNNN.png`` files (what ``render --png`` writes)."""
+    if folder.is_symlink():
+        return "it is a symbolic link"
+    for entry in sorted(folder.iterdir()):
+        if entry.is_symlink() or not entry.is_file() or FRAME_NAME.fullmatch(entry.name) is None:
+            return f"it holds {entry.name}, which is not a rendered frame"
+    return None
 
 
 def for_each_input(

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -58,8 +59,28 @@ def peak_rss_gb() -> float:
     return peak / 1e9 if sys.platform == "darwin" else peak * 1e3 / 1e9
 
 
+# (terminal, log) while sharp_export.capture.capture_log runs: our lines go to both, the toolchains' to the log.
+_ROUTES: list[tuple[Any, Any]] = []
+
+
 def echo(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    """One line of ours on stderr (the terminal), and in the export log while one is captured."""
+    if not _ROUTES:
+        print(message, file=sys.stderr, flush=True)
+        return
+    terminal, log = _ROUTES[-1]
+    log.write(message + "\n")
+    print(message, file=terminal, flush=True)
+
+
+@contextlib.contextmanager
+def echo_to(terminal: Any, log: Any) -> Iterator[None]:
+    """``echo`` writes to ``terminal`` and to ``log`` while the block runs."""
+    _ROUTES.append((terminal, log))
+    try:
+        yield
+    finally:
+        _ROUTES.pop()
 
 
 @contextlib.contextmanager

@@ -36,7 +36,17 @@ from pathlib import Path
 from typing import Any
 
 from sharp_export import __version__
-from sharp_export.artifact import MANIFEST_NAME, Manifest, TensorSpec, atomic_directory, check_file_sizes, read_manifest
+from sharp_export.artifact import (
+    MANIFEST_NAME,
+    Manifest,
+    OutputKind,
+    TensorSpec,
+    artifact_files,
+    atomic_directory,
+    check_file_sizes,
+    read_manifest,
+    replace_problem,
+)
 from sharp_export.converters.onnx.graph import MAX_DYNAMIC_BATCH
 from sharp_export.errors import ConversionError, MissingDependencyError, UserInputError
 from sharp_export.progress import echo
@@ -415,6 +425,18 @@ def place_file(source: Path, target: Path) -> str:
         return "copied"
 
 
+def _model_folder_files(data: Any) -> set[str] | None:
+    """The files our manifest copy accounts for in a model folder: itself, the config and the model files."""
+    listed = artifact_files(data)
+    if listed is None:
+        return None
+    names = {Path(rel).name for rel in listed} | {fmt.filename for fmt in (ONNX_FORMAT, PLAN_FORMAT)}
+    return {MANIFEST_COPY, CONFIG_NAME} | {f"{VERSION_DIR}/{name}" for name in names}
+
+
+MODEL_FOLDER = OutputKind("Triton model folder", MANIFEST_COPY, _model_folder_files)
+
+
 def _check_model_dir(final: Path, force: bool) -> None:
     """Refuse to overwrite: only a model folder this writer made may be replaced, and only with force."""
     if final.parent.exists() and not final.parent.is_dir():
@@ -431,9 +453,11 @@ def _check_model_dir(final: Path, force: bool) -> None:
             path=final,
             fix="pass --force to replace it, or --name for another model name",
         )
-    if not (final / MANIFEST_COPY).is_file():
+    problem = replace_problem(final, MODEL_FOLDER)
+    if problem is not None:
         raise UserInputError(
-            f"exists but was not written by `sharp-export triton` (no {MANIFEST_COPY}); --force only replaces those",
+            f"exists and is not provably a model folder written by `sharp-export triton` ({problem}); --force "
+            "replaces only those, so nothing was touched",
             path=final,
             fix="pass --name for another model name, or remove the folder yourself",
         )
@@ -471,11 +495,14 @@ def write_triton_repository(
     config = validate_config(text, manifest, path=artifact_dir)
     final = Path(repo_dir).absolute() / model_name
     _check_model_dir(final, force)
+    if manifest.parity.get("status") == "failed":  # never shipped unawares (non-finite outputs included)
+        failures = "; ".join(manifest.parity.get("failures", [])) or "see its parity.json"
+        echo(f"warning: {artifact_dir}: this artifact FAILED parity when exported ({failures}); packaged anyway")
     echo(
         f"triton: {manifest.target} {manifest.precision} artifact {artifact_dir} -> model '{model_name}' "
         f"({fmt.platform}, max_batch_size {config.max_batch_size}, {instances} x {(kind or 'gpu').upper()})"
     )
-    with atomic_directory(final, force=force, marker=MANIFEST_COPY) as workdir:
+    with atomic_directory(final, force=force, kind=MODEL_FOLDER) as workdir:
         version = workdir / VERSION_DIR
         version.mkdir()
         for rel, name in model_files(manifest, fmt):

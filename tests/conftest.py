@@ -156,3 +156,19 @@ def without_tensorrt(monkeypatch: pytest.MonkeyPatch) -> None:
         importlib.util, "find_spec", lambda name, *a: None if name == "tensorrt" else find_spec(name, *a)
     )
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # and `import tensorrt` fails
+
+
+@pytest.fixture(scope="session")
+def session_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny ONNX artifact (seed 0, weights in model.onnx.data) that the bad-input catalogue's run and parity
+    cases read; built once per session (tests/catalogue.py)."""
+    from click.testing import CliRunner
+
+    from sharp_export.cli import cli
+
+    target = tmp_path_factory.mktemp("bad_inputs") / "tiny-onnx"
+    args = ["onnx", "--preset", "tiny", "--seed", "0", "-o", str(target), "--no-parity", "--external-data", "always"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert (target / "model.onnx.data").is_file()
+    return target

@@ -12,7 +12,6 @@ from sharp_export.artifact import (
     MANIFEST_NAME,
     Manifest,
     atomic_directory,
-    capture_log,
     hash_files,
     preprocessing_description,
     raw_io_spec,
@@ -20,7 +19,9 @@ from sharp_export.artifact import (
     verify_files,
     write_manifest,
 )
+from sharp_export.capture import capture_log
 from sharp_export.errors import UserInputError
+from sharp_export.progress import echo
 
 
 def _manifest() -> Manifest:
@@ -104,7 +105,7 @@ def test_force_never_replaces_a_non_artifact(tmp_path):
     final = tmp_path / "photos"
     final.mkdir()
     (final / "holiday.jpg").write_bytes(b"precious")
-    with pytest.raises(UserInputError, match="not a sharp-export artifact"):
+    with pytest.raises(UserInputError, match="not provably a sharp-export artifact"):
         with atomic_directory(final, force=True):
             pass
     assert (final / "holiday.jpg").read_bytes() == b"precious"
@@ -149,11 +150,17 @@ def test_hash_files_matches_hashlib(tmp_path):
     assert hash_files(tmp_path) == {"a": {"sha256": hashlib.sha256(b"abc").hexdigest(), "size": 3}}
 
 
-def test_capture_log_copies_stderr_and_stdout(capsys):
+def test_capture_log_keeps_chatter_in_the_log(capsys):
     with capture_log() as log:
         print("to stdout")
         print("to stderr", file=sys.stderr)
-    assert log.getvalue() == "to stdout\nto stderr\n"
+        echo("our line")
+    assert log.getvalue() == "to stdout\nto stderr\nour line\n"
     captured = capsys.readouterr()
-    assert captured.out == ""  # stdout chatter is moved to stderr
-    assert captured.err == "to stdout\nto stderr\n"
+    assert captured.out == ""  # stdout stays clean
+    assert captured.err == "our line\n"  # the terminal shows only our lines
+    with capture_log(show=True) as log:  # -v: the chatter on the terminal as well
+        print("to stdout")
+        echo("our line")
+    assert log.getvalue() == "to stdout\nour line\n"
+    assert capsys.readouterr() == ("", "to stdout\nour line\n")

@@ -84,3 +84,82 @@ def test_weights_must_be_chosen_explicitly():
         build_model("tiny")
     with pytest.raises(UserInputError, match="not both"):
         build_model("tiny", checkpoint="x.pt", seed=0)
+
+
+# ---- every format torch.save writes, and errors that name the file (issue 32, classes 4 and 5) ---------------------
+
+
+class PickledModule(torch.nn.Module):
+    """What `torch.save(model)` stores: a pickled class, which only running code can rebuild."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(2, 2)
+
+
+@pytest.mark.parametrize(
+    "save",
+    [
+        pytest.param(lambda state, path: torch.save(state, path), id="zip"),
+        pytest.param(lambda state, path: torch.save(state, path, _use_new_zipfile_serialization=False), id="legacy"),
+        pytest.param(
+            lambda state, path: torch.save(state, path, _use_new_zipfile_serialization=False, pickle_protocol=4),
+            id="legacy-protocol-4",
+        ),
+        pytest.param(lambda state, path: torch.save({"state_dict": state, "epoch": 3}, path), id="training-dict"),
+        pytest.param(
+            lambda state, path: torch.save({"state_dict": state}, path, _use_new_zipfile_serialization=False),
+            id="legacy-training-dict",
+        ),
+    ],
+)
+def test_every_torch_save_format_loads_the_same_weights(save, golden_state, golden_dir, tmp_path):
+    path = tmp_path / "tiny.pth"
+    save(dict(golden_state), path)
+    loaded = build_model("tiny", checkpoint=path)
+    reference = build_model("tiny", checkpoint=golden_dir / "weights_perturbed.safetensors")
+    for (key, a), b in zip(loaded.model.state_dict().items(), reference.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), key
+
+
+@pytest.mark.parametrize(
+    ("make", "fragments"),
+    [
+        pytest.param(
+            lambda path: torch.save(PickledModule(), path),
+            ("holds pickled Python objects", "PickledModule", "refused unread", "state_dict"),
+            id="pickled-module",
+        ),
+        pytest.param(
+            lambda path: torch.save(PickledModule(), path, _use_new_zipfile_serialization=False),
+            ("holds pickled Python objects", "PickledModule"),
+            id="legacy-pickled-module",
+        ),
+        pytest.param(lambda path: torch.save([torch.zeros(2)], path), ("holds a list", "plain state_dict"), id="list"),
+        pytest.param(lambda path: path.write_bytes(b"\x80\x02junk"), ("cannot read checkpoint", "expected"), id="junk"),
+        pytest.param(lambda path: path.write_bytes(b""), ("cannot read checkpoint",), id="empty"),
+    ],
+)
+def test_broken_or_foreign_files_are_refused_naming_the_file(make, fragments, tmp_path):
+    path = tmp_path / "weights.pt"
+    make(path)
+    with pytest.raises(CheckpointError) as info:
+        build_model("tiny", checkpoint=path)
+    line = info.value.one_line()
+    assert "\n" not in line and str(path) in line, line
+    for fragment in fragments:
+        assert fragment in line, line
+
+
+@pytest.mark.parametrize(("key", "value"), [(-1, float("nan")), (0, float("inf")), (5, float("-inf"))])
+def test_non_finite_weights_are_refused_naming_the_first_tensor(key, value, golden_state, tmp_path):
+    state = dict(golden_state)
+    name = sorted(k for k, v in state.items() if v.is_floating_point() and v.numel() > 3)[key]
+    bad = state[name].clone()
+    bad.view(-1)[:3] = value
+    state[name] = bad
+    path = tmp_path / "bad.safetensors"
+    save_file(state, path)
+    with pytest.raises(CheckpointError, match=f"non-finite weights: 3 NaN or Inf values in {name}") as info:
+        build_model("tiny", checkpoint=path)
+    assert "bad.safetensors" in str(info.value)

@@ -296,3 +296,28 @@ def regenerate() -> None:
 
 if __name__ == "__main__" and sys.argv[1:] == ["regenerate"]:
     regenerate()
+
+
+@pytest.mark.parametrize(
+    ("which", "make", "fragment"),
+    [
+        ("alexnet", lambda p: torch.save(torch.nn.Linear(2, 2), p), "holds pickled Python objects"),
+        ("alexnet", lambda p: torch.save([torch.zeros(1)], p), "holds a list"),
+        ("alexnet", lambda p: p.write_bytes(b"not a torch file"), "cannot read weight file"),
+        ("heads", lambda p: torch.save({"x": torch.zeros(1)}, p), "not lpips v0.1 alex.pth heads"),
+    ],
+)
+def test_lpips_weight_files_of_the_wrong_kind_name_the_file(which, make, fragment, tmp_path):
+    # A folder with the two torch files, one of them of the wrong kind: one line naming it and what was expected.
+    good_heads = {f"lin{i}.model.1.weight": torch.zeros(1, c, 1, 1) for i, c in enumerate((64, 192, 384, 256, 256))}
+    alexnet, heads = tmp_path / "alexnet-owt-7be5be79.pth", tmp_path / "alex.pth"
+    torch.save(good_heads, heads)
+    make(alexnet if which == "alexnet" else heads)
+    if which == "heads":
+        torch.save({f"features.{i}.{k}": torch.zeros(1) for i in (0, 3, 6, 8, 10) for k in ("weight", "bias")}, alexnet)
+    with pytest.raises(UserInputError) as info:
+        lp.load_lpips(tmp_path)
+    line = info.value.one_line()
+    bad = alexnet if which == "alexnet" else heads
+    assert "\n" not in line and line.startswith(f"{bad}:") and fragment in line, line
+    assert "Weights only load failed" not in line  # torch's own multi-paragraph message stays out

@@ -199,7 +199,7 @@ def test_writes_are_atomic(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "replace", failing_replace)
     with pytest.raises(OSError, match="disk full"):
-        save_ply(scene, meta, target)
+        save_ply(scene, meta, target, replace=True)
     assert target.read_bytes() == b"previous"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.ply"]  # no temporary file left behind
 

@@ -354,7 +354,7 @@ def test_existing_model_needs_force_and_only_ours_is_replaced(dynamic_artifact, 
     foreign = repo / "theirs"
     (foreign / "1").mkdir(parents=True)
     (foreign / "config.pbtxt").write_text('name: "theirs"\n')
-    with pytest.raises(UserInputError, match="not written by `sharp-export triton`"):
+    with pytest.raises(UserInputError, match="not provably a model folder written by `sharp-export triton`"):
         write_triton_repository(dynamic_artifact, repo, model_name="theirs", force=True)
     assert listing(foreign) == {"config.pbtxt"}
 

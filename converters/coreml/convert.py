@@ -40,7 +40,7 @@ from sharp_export.converters.coreml.mil_overrides import fp16_op_selector, front
 from sharp_export.converters.coreml.split import PIECES, piece_shapes
 from sharp_export.converters.coreml.weights import WeightPlan, combine_hashes, compress_mlmodel, program_report
 from sharp_export.converters.coreml.weights import weight_plan as make_weight_plan
-from sharp_export.errors import ConversionError, MissingDependencyError, UserInputError
+from sharp_export.errors import TOOLCHAIN_OUTPUT_HINT, ConversionError, MissingDependencyError, UserInputError
 from sharp_export.progress import echo, heartbeat, rss_gb
 from sharp_export.samples import example_inputs
 from sharp_export.targets import missing_packages
@@ -124,7 +124,8 @@ def convert_program(
             )
     except Exception as error:
         first = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
-        raise ConversionError(f"ct.convert failed: {type(error).__name__}: {first}", fix="see export.log") from error
+        message = f"ct.convert failed: {type(error).__name__}: {first}"
+        raise ConversionError(message, fix=TOOLCHAIN_OUTPUT_HINT) from error
     seconds = time.perf_counter() - start
     echo(f"    ct.convert (mlprogram, {deployment_target}, {precision}) {seconds:.1f} s, RSS {rss_gb():.1f} GB")
     report = check_program(summarize_mil(mlmodel._mil_program), io, precision, pinned, expect_pinned)
@@ -186,7 +187,7 @@ def compress_program(mlmodel: Any, plan: WeightPlan, io: IOSpec, precision: str)
         except Exception as error:
             first = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
             raise ConversionError(f"weight compression ({plan.mode}) failed: {type(error).__name__}: {first}",
-                                  fix="see export.log") from error  # fmt: skip
+                                  fix=TOOLCHAIN_OUTPUT_HINT) from error  # fmt: skip
     report = program_report(compressed._mil_program, plan)
     summary = summarize_mil(compressed._mil_program)
     summary.has_regions = False  # coremltools rebuilt the program from its proto: the region tags are gone

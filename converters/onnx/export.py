@@ -19,7 +19,7 @@ from sharp_export.converters.onnx.graph import (
     check_graph_io,
     declared_opset,
 )
-from sharp_export.errors import ConversionError
+from sharp_export.errors import TOOLCHAIN_OUTPUT_HINT, ConversionError
 from sharp_export.progress import echo, rss_gb
 from sharp_export.reference.gaussians import GAUSSIAN_FIELDS
 
@@ -94,7 +94,7 @@ def export_onnx(
             )
     except Exception as error:
         first = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
-        hint = "the model specialised the batch dimension (see export.log for torch's guard)" if dynamic_batch else None
+        hint = "the model specialised the batch dimension; " + TOOLCHAIN_OUTPUT_HINT if dynamic_batch else None
         raise ConversionError(
             f"torch.onnx.export (dynamo) failed: {type(error).__name__}: {first}", fix=hint
         ) from error

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from sharp_export.contract import ConvertContext, ConvertResult, ExportRequest
 from sharp_export.converters.onnx.graph import MODEL_FILE as ONNX_FILE
 from sharp_export.converters.onnx.target import CALIB_SIZE_OPTION, OPSET_OPTION, validate_calibration, validate_opset
-from sharp_export.errors import ConversionError, UserInputError
+from sharp_export.errors import TOOLCHAIN_OUTPUT_HINT, ConversionError, UserInputError
 from sharp_export.progress import echo, heartbeat, rss_gb
 from sharp_export.targets import Target, TargetOption, missing_packages
 
@@ -110,7 +110,7 @@ def convert(ctx: ConvertContext) -> ConvertResult:
             model = ov.convert_model(str(onnx_dir / ONNX_FILE))
     except Exception as error:
         first = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
-        raise ConversionError(f"OpenVINO could not read the ONNX model: {first}", fix="see export.log") from error
+        raise ConversionError(f"OpenVINO could not read the ONNX model: {first}", fix=TOOLCHAIN_OUTPUT_HINT) from error
     convert_s = time.perf_counter() - start
     int8_details = None
     if written.reduced is not None:

@@ -2,17 +2,16 @@
 
 Colour frames are ``uint8(sRGB * 255)`` (truncated, as ml-sharp). Depth frames map expected depth to
 the turbo colour map over [0, min(max depth of the first frame, 50 m)]. Videos are H.264 mp4 at 30 fps
-through imageio-ffmpeg. Everything is written to temporary names first and renamed at the end, so an
-interrupted run never leaves a half-written file under the final name.
+through imageio-ffmpeg. Everything is written to tagged temporary names first and published at the end
+(``reference/publish.py``), so an interrupted run never leaves a half-written file under the final name, and an
+existing video or frame folder is replaced only with ``replace`` (``--force``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import torch
 
 from sharp_export.errors import MissingDependencyError, OutputError, SharpExportError, UserInputError, output_error
 from sharp_export.reference.gaussians import Gaussians3D, SceneMeta
+from sharp_export.reference.publish import publish_file, publish_folder, temp_folder, temp_path
 from sharp_export.reference.render.cameras import VIDEO_FPS, Camera
 from sharp_export.reference.render.gsplat_backend import render_scene
 
@@ -68,7 +68,7 @@ class _Mp4Writer:
         except ImportError as error:
             raise MissingDependencyError("imageio-ffmpeg", "video", "Writing mp4 videos") from error
         self.target = target
-        self.temp = target.with_name(f".{target.stem}.partial{target.suffix}")
+        self.temp = temp_path(target, "partial")  # keeps .mp4: ffmpeg picks the container by the suffix
         # macro_block_size=2: sizes are even already; ffmpeg must not rescale the frames.
         self.generator = imageio_ffmpeg.write_frames(
             str(self.temp), (width, height), fps=VIDEO_FPS, codec="libx264", quality=5, macro_block_size=2
@@ -93,8 +93,8 @@ class _Mp4Writer:
         if not self.temp.is_file() or self.temp.stat().st_size == 0:
             raise OSError("ffmpeg wrote no video data")
 
-    def commit(self) -> Path:
-        os.replace(self.temp, self.target)
+    def commit(self, replace: bool) -> Path:
+        publish_file(self.temp, self.target, replace=replace)
         return self.target
 
     def abort(self) -> None:
@@ -120,19 +120,19 @@ def _write_fault(error: OSError, path: Path) -> SharpExportError:
     )
 
 
-def _replace_folder(new: Path, target: Path) -> None:
-    """Move ``new`` to ``target``; an existing ``target`` is moved aside first and deleted only afterwards."""
-    if not target.exists():
-        os.replace(new, target)
-        return
-    old = target.with_name(f".{target.name}.old-{os.getpid()}")
-    os.replace(target, old)
+def _commit_videos(writers: list[_Mp4Writer], replace: bool) -> list[Path]:
+    """Publish both videos, or neither: a colour video whose depth video lost a race is withdrawn again."""
+    done: list[Path] = []
     try:
-        os.replace(new, target)
+        for writer in writers:
+            done.append(writer.commit(replace))
     except BaseException:
-        os.replace(old, target)
+        if not replace:
+            for path in done:
+                with contextlib.suppress(OSError):
+                    path.unlink()  # published by us a moment ago
         raise
-    shutil.rmtree(old, ignore_errors=True)
+    return done
 
 
 def render_trajectory(
@@ -146,11 +146,13 @@ def render_trajectory(
     png: bool = False,
     progress: bool = True,
     eps2d: float = 0.0,
+    replace: bool = False,
 ) -> list[Path]:
     """Render every camera and write ``<stem>.mp4`` + ``<stem>.depth.mp4`` (or PNG frames with ``png``).
 
     PNG mode writes ``<stem>_frames/color_0000.png`` and ``depth_0000.png``; the whole folder is
-    replaced at the end. Returns the written paths. ``meta`` is accepted for symmetry with the
+    published at the end. Existing outputs are replaced only with ``replace`` (else an ``OutputError``).
+    Returns the written paths. ``meta`` is accepted for symmetry with the
     trajectory builder; the cameras already carry everything needed.
     """
     from tqdm import tqdm
@@ -175,7 +177,7 @@ def render_trajectory(
         if png:
             from PIL import Image
 
-            frame_dir = Path(tempfile.mkdtemp(prefix=f".{stem}_frames.", dir=out_dir))
+            frame_dir = temp_folder(out_dir / f"{stem}_frames")
         else:
             for name in (f"{stem}.mp4", f"{stem}.depth.mp4"):
                 writers.append(_Mp4Writer(out_dir / name, width, height))
@@ -195,9 +197,9 @@ def render_trajectory(
         for writer in writers:  # both videos complete before either is renamed into place
             writer.close()
         if frame_dir is None:
-            return [writer.commit() for writer in writers]
+            return _commit_videos(writers, replace)
         target = out_dir / f"{stem}_frames"
-        _replace_folder(frame_dir, target)
+        publish_folder(frame_dir, target, replace=replace)
         frame_dir = None
         return sorted(target.iterdir())
     except BaseException as error:

@@ -200,7 +200,7 @@ def timed_pass(candidate: Candidate, image_path: Path, settings: Settings, ply_p
     scene = unproject_gaussians(raw, meta, candidate.resolution)
     seconds["postprocess"] = time.perf_counter() - mark
     mark = time.perf_counter()
-    save_ply(scene, meta, ply_path, format="official")
+    save_ply(scene, meta, ply_path, format="official", replace=True)  # the same scratch file every pass
     seconds["ply_write"] = time.perf_counter() - mark
     if settings.render:
         mark = time.perf_counter()

@@ -1,18 +1,28 @@
 """The one error boundary of the CLI: every command is a ``OneLineCommand``.
 
 A ``SharpExportError`` becomes one ``error: ...`` line on stderr and its exit code; click's usage errors one
-line and exit 2; an interrupt exit 130; an unexpected exception one line naming it, a hint to rerun with
-``-v`` (which shows the traceback) and exit code 5; running out of memory one line and exit 1. No traceback
-otherwise. Exit codes: errors.py.
+line and exit 2; an interrupt exit 130 (SIGTERM is handled like Ctrl-C and exits 143); an unexpected exception
+one line naming it, a hint to rerun with ``-v`` (which shows the traceback) and exit code 5; running out of memory
+one line and exit 1. No traceback otherwise. Exit codes: errors.py.
 """
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import click
 
-from sharp_export.errors import INTERRUPTED_EXIT_CODE, UNEXPECTED_EXIT_CODE, SharpExportError
+from sharp_export.errors import (
+    INTERRUPTED_EXIT_CODE,
+    TERMINATED_EXIT_CODE,
+    UNEXPECTED_EXIT_CODE,
+    SharpExportError,
+    Terminated,
+)
 
 
 class OneLineError(click.ClickException):
@@ -24,6 +34,25 @@ class OneLineError(click.ClickException):
 
     def show(self, file: Any = None) -> None:
         click.echo(f"error: {self.format_message()}", err=True)
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises ``Terminated`` (a KeyboardInterrupt) while the command runs, so that kill, CI timeouts,
+    containers and Kubernetes get the clean-up Ctrl-C gets. Signals can only be set from the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _verbose(ctx: click.Context) -> bool:
@@ -44,11 +73,14 @@ class OneLineCommand(click.Command):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            with sigterm_as_interrupt():
+                return super().invoke(ctx)
         except SharpExportError as error:
             raise OneLineError(error.one_line(), error.exit_code) from None
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
+        except Terminated:
+            raise OneLineError("terminated by SIGTERM; partial outputs were removed", TERMINATED_EXIT_CODE) from None
         except KeyboardInterrupt:
             raise OneLineError("interrupted; partial outputs were removed", INTERRUPTED_EXIT_CODE) from None
         except MemoryError:

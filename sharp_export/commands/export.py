@@ -113,7 +113,8 @@ def make_target_command(target: Target) -> click.Command:
             options=options,
             reproduce=reproduce_command(target, params),
         )
-        out = run_export(request)
+        verbose = bool(click.get_current_context().find_root().params.get("verbose"))
+        out = run_export(request, show_toolchain_output=verbose)  # -v: the toolchains' output on the terminal too
         click.echo(str(out))  # stdout: just the artifact path, for scripts
 
     decorators: list[Callable] = [

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from sharp_export.artifact import check_output_path
+from sharp_export.artifact import announce_stale, check_output_path
 from sharp_export.commands.base import OneLineCommand
 from sharp_export.commands.options import max_pixels_option, model_options
 from sharp_export.errors import UserInputError
@@ -35,6 +35,7 @@ def check_report_path(report: Path, force: bool) -> None:
     if not folder.is_dir():
         raise UserInputError("the --report folder does not exist", path=folder, fix="create it, or pick another path")
     ensure_folder(folder, "--report")
+    announce_stale(folder, report.name)
 
 
 @click.command("parity", cls=OneLineCommand)
@@ -102,7 +103,7 @@ def command(
     if write_golden is not None:
         if artifact is not None or golden is not None:
             raise UserInputError("--write-golden takes no ARTIFACT and no --golden")
-        check_output_path(write_golden.absolute(), force, harness.GOLDEN_INDEX)
+        check_output_path(write_golden.absolute(), force, harness.GOLDEN)
         written = harness.write_reference_golden(
             write_golden, preset, checkpoint, seed, paths, pose_names, max_pixels=max_pixels, force=force
         )
@@ -126,11 +127,11 @@ def command(
         check_report_path(report, force or replace_default)
     collector = None
     if report_dir is not None:
-        from sharp_export.parity.pictures import INDEX, PictureCollector
+        from sharp_export.parity.pictures import REPORT_FOLDER, PictureCollector
         from sharp_export.plots import require_plot
 
         require_plot("parity --report-dir")
-        check_output_path(report_dir.absolute(), force, INDEX)
+        check_output_path(report_dir.absolute(), force, REPORT_FOLDER)
         collector = PictureCollector()
     tols = resolved.tolerances(tolerances)
     lpips_model = load_lpips(lpips_weights) if poses else None
@@ -144,7 +145,9 @@ def command(
     click.echo(format_table(result))
     verdict = "PASS" if result.passed else "FAIL"
     if report is not None:
-        write_atomic(report, [(json.dumps(to_json(result), indent=2) + "\n").encode()])
+        write_atomic(
+            report, [(json.dumps(to_json(result), indent=2) + "\n").encode()], replace=force or replace_default
+        )
         echo(f"report: {report} ({verdict})")
     if collector is not None:
         from sharp_export.parity.pictures import write_report_folder

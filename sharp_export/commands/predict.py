@@ -105,14 +105,16 @@ def command(
             f"({time.perf_counter() - start:.1f} s to build)"
         )
         runner = TorchRunner(loaded, str(torch_device)).open()
+        weights = Path(loaded.checkpoint_path).name if loaded.checkpoint_path else f"seed {loaded.seed}"
+        producer = f"the model ({weights}, {precision})"
 
         def predict_one(index: int, path: Path) -> None:
             # The same path as `run`: preprocessing on the CPU, the runner moves the batch to its device.
             prediction = gaussians_for_image(
-                path, runner.infer, loaded.model.resolution, torch.device("cpu"), max_pixels
+                path, runner.infer, loaded.model.resolution, torch.device("cpu"), max_pixels, producer=producer
             )
             target = out_dir / f"{path.stem}{suffix}"
-            save_ply(prediction.gaussians, prediction.meta, target, format=ply_format, y_up=y_up)
+            save_ply(prediction.gaussians, prediction.meta, target, format=ply_format, y_up=y_up, replace=force)
             t = prediction.seconds
             echo(
                 f"[{index}/{len(images)}] {path.name} -> {target}  "
@@ -123,7 +125,7 @@ def command(
 
                 cameras = make_trajectory(prediction.gaussians, prediction.meta, num_frames=frames)
                 written = render_trajectory(
-                    prediction.gaussians, prediction.meta, cameras, out_dir, path.stem, backend=renderer
+                    prediction.gaussians, prediction.meta, cameras, out_dir, path.stem, backend=renderer, replace=force
                 )
                 echo(f"    rendered {', '.join(str(p) for p in written)}")
 

@@ -138,6 +138,7 @@ def command(
             png=png,
             progress=not no_progress,
             eps2d=eps2d,
+            replace=force,
         )
         shown = written if len(written) <= 2 else [written[0].parent]
         echo(f"    wrote {', '.join(str(p) for p in shown)} in {time.perf_counter() - start:.1f} s")

@@ -69,6 +69,7 @@ def run_command(
     suffix = scene_suffix(ply_format)
     plan_outputs(planned_outputs(images, out_dir, suffix, render=False), force)
     resolution = int(manifest.preprocessing["resolution"])
+    producer = f"artifact {artifact} ({manifest.target} {manifest.precision})"
     with output_folder(out_dir):
         start = time.perf_counter()
         with resolved.runner(device) as runner:
@@ -80,9 +81,11 @@ def run_command(
                 echo(f"note: this artifact FAILED parity when exported (see {artifact}/parity.json)")
 
             def run_one(index: int, path: Path) -> None:
-                prediction = gaussians_for_image(path, runner.infer, resolution, torch.device("cpu"), max_pixels)
+                prediction = gaussians_for_image(
+                    path, runner.infer, resolution, torch.device("cpu"), max_pixels, producer=producer, artifact=True
+                )
                 target = out_dir / f"{path.stem}{suffix}"
-                save_ply(prediction.gaussians, prediction.meta, target, format=ply_format, y_up=y_up)
+                save_ply(prediction.gaussians, prediction.meta, target, format=ply_format, y_up=y_up, replace=force)
                 t = prediction.seconds
                 echo(
                     f"[{index}/{len(images)}] {path.name} -> {target}  "

@@ -18,15 +18,22 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from sharp_export.artifact import atomic_directory
+from sharp_export import __version__
+from sharp_export.artifact import TOOL_NAME, OutputKind, atomic_directory
 from sharp_export.errors import UserInputError
 from sharp_export.parity.compare import compare_gaussians
 from sharp_export.parity.report import ParityReport
 from sharp_export.parity.views import DEFAULT_POSES, compare_renders, render_views
-from sharp_export.pipeline import load_photo
+from sharp_export.pipeline import load_photo, require_finite
 from sharp_export.progress import echo
 from sharp_export.reference.checkpoint import build_model
-from sharp_export.reference.gaussians import GAUSSIAN_FIELDS, Gaussians3D, SceneMeta, unproject_gaussians
+from sharp_export.reference.gaussians import (
+    GAUSSIAN_FIELDS,
+    Gaussians3D,
+    SceneMeta,
+    find_non_finite,
+    unproject_gaussians,
+)
 from sharp_export.reference.preprocess import DEFAULT_MAX_PIXELS, prepare_input
 from sharp_export.reference.render import RenderOutput
 from sharp_export.runtime.torch_runner import TorchRunner
@@ -38,7 +45,21 @@ if TYPE_CHECKING:
 GOLDEN_INDEX = "golden.json"
 GOLDEN_ARRAYS = "golden.npz"
 GOLDEN_SCHEMA = 1
+GOLDEN_KEYS = ("resolution", "poses", "images", "source")
 DEFAULT_SAMPLES = ("coffee", "chelsea")  # real photos from scikit-image; two keep a full-size run near 10 min
+
+
+def _golden_files(index: Any) -> set[str] | None:
+    """The files a golden index accounts for (itself and its arrays), or None when it is not our index."""
+    if not isinstance(index, dict) or index.get("schema_version") != GOLDEN_SCHEMA:
+        return None
+    tool = index.get("tool", {"name": TOOL_NAME})  # bundles written before the index named its tool lack the key
+    if not isinstance(tool, dict) or tool.get("name") != TOOL_NAME or any(k not in index for k in GOLDEN_KEYS):
+        return None
+    return {GOLDEN_INDEX, GOLDEN_ARRAYS}
+
+
+GOLDEN = OutputKind("golden bundle", GOLDEN_INDEX, _golden_files)
 
 # (image [1, 3, R, R], disparity_factor [1]) -> raw Gaussians
 InferFn = Callable[[torch.Tensor, torch.Tensor], Gaussians3D]
@@ -52,6 +73,12 @@ class ParityInput:
     image: torch.Tensor  # [1, 3, R, R] float32 in [0, 1]
     disparity_factor: torch.Tensor  # [1]
     meta: SceneMeta
+    source: str = ""  # the image file (or bundle entry) named in errors; the name when empty
+
+    def checked(self, gaussians: Gaussians3D, producer: str, artifact: bool) -> Gaussians3D:
+        """``gaussians`` (raw outputs for this input) once they are known to be finite (``require_finite``)."""
+        require_finite(_as_torch(gaussians), self.source or self.name, producer=producer, artifact=artifact)
+        return gaussians
 
 
 def default_image_paths() -> list[Path]:
@@ -64,7 +91,8 @@ def load_inputs(paths: Sequence[Path], resolution: int, max_pixels: int = DEFAUL
     for path in paths:
         image = load_photo(path, max_pixels)
         tensor, factor = prepare_input(image, resolution)
-        inputs.append(ParityInput(Path(path).stem, tensor, factor, SceneMeta(image.f_px, image.width, image.height)))
+        meta = SceneMeta(image.f_px, image.width, image.height)
+        inputs.append(ParityInput(Path(path).stem, tensor, factor, meta, source=str(path)))
     return inputs
 
 
@@ -117,8 +145,8 @@ def run_parity(
     report = ParityReport(meta=dict(meta or {}))
     for index, item in enumerate(inputs, start=1):
         echo(f"[{index}/{len(inputs)}] {item.name}: artifact, reference, {len(poses)} views ...")
-        cand = candidate(item.image, item.disparity_factor)
-        ref = reference(item.image, item.disparity_factor)
+        cand = item.checked(candidate(item.image, item.disparity_factor), "the artifact", artifact=True)
+        ref = item.checked(reference(item.image, item.disparity_factor), "the reference model", artifact=False)
         attributes, views = compare_scene(
             item, ref, cand, tolerances, poses, lpips_model, resolution, on_views=on_views
         )
@@ -140,21 +168,26 @@ def run_parity_shared(
 ) -> dict[str, ParityReport]:
     """Several candidates (name -> infer) against one reference: one report per name, as ``run_parity`` makes.
 
-    The reference runs, and renders its views, once per image; every candidate is compared with those.
+    The reference runs, and renders its views, once per image; every candidate is compared with those. A
+    candidate with non-finite outputs fails its report (``run_parity`` raises instead: it has one candidate).
     ``tolerances`` and ``metas`` are per name; ``prefix`` starts each progress line.
     """
     reports = {name: ParityReport(meta=dict((metas or {}).get(name, {}))) for name in candidates}
     for index, item in enumerate(inputs, start=1):
         echo(f"{prefix}[{index}/{len(inputs)}] {item.name}: reference + {len(candidates)} artifact(s) ...")
-        ref = reference(item.image, item.disparity_factor)
+        ref = item.checked(reference(item.image, item.disparity_factor), "the reference model", artifact=False)
         ref_views = None
         if poses:
             ref_views = render_views(unproject_gaussians(_as_torch(ref), item.meta, resolution), item.meta, poses)
         for name, candidate in candidates.items():
             cand = candidate(item.image, item.disparity_factor)
+            # Side by side, one artifact's NaN must not stop the others: its attribute rows fail (compare_gaussians
+            # counts NaN/Inf values) and its views, which would render garbage, are left out.
+            finite = find_non_finite(_as_torch(cand)) is None
             attributes, views = compare_scene(
-                item, ref, cand, tolerances[name], poses, lpips_model, resolution, reference_views=ref_views
-            )
+                item, ref, cand, tolerances[name], poses if finite else (), lpips_model, resolution,
+                reference_views=ref_views if finite else None,
+            )  # fmt: skip
             reports[name].attributes += attributes
             reports[name].views += views
     return reports
@@ -175,7 +208,7 @@ def write_golden(
     images = []
     for item in inputs:
         echo(f"golden: {item.name} ...")
-        raw = reference(item.image, item.disparity_factor)
+        raw = item.checked(reference(item.image, item.disparity_factor), "the reference model", artifact=False)
         arrays[f"{item.name}/image"] = item.image.numpy()
         arrays[f"{item.name}/disparity_factor"] = item.disparity_factor.numpy()
         for field, value in zip(GAUSSIAN_FIELDS, raw, strict=True):
@@ -187,12 +220,13 @@ def write_golden(
         images.append({"name": item.name, **dataclasses.asdict(item.meta)})
     index = {
         "schema_version": GOLDEN_SCHEMA,
+        "tool": {"name": TOOL_NAME, "version": __version__},
         "resolution": resolution,
         "poses": list(poses),
         "images": images,
         "source": source,
     }
-    with atomic_directory(directory.absolute(), force=force, marker=GOLDEN_INDEX) as work:
+    with atomic_directory(directory.absolute(), force=force, kind=GOLDEN) as work:
         np.savez(work / GOLDEN_ARRAYS, **arrays)
         (work / GOLDEN_INDEX).write_text(json.dumps(index, indent=2) + "\n")
     return directory
@@ -212,7 +246,7 @@ def read_golden(directory: Path) -> tuple[dict, dict[str, np.ndarray]]:
     if not isinstance(index, dict) or index.get("schema_version") != GOLDEN_SCHEMA:
         found = index.get("schema_version") if isinstance(index, dict) else None
         raise UserInputError(f"golden bundle schema {found}, expected {GOLDEN_SCHEMA}", path=index_path, fix=fix)
-    missing = [k for k in ("resolution", "poses", "images", "source") if k not in index]
+    missing = [k for k in GOLDEN_KEYS if k not in index]
     if missing:
         raise UserInputError(f"golden index lacks {missing}", path=index_path, fix=fix)
     arrays_path = directory / GOLDEN_ARRAYS
@@ -281,8 +315,10 @@ def check_golden(
             torch.from_numpy(arrays[f"{name}/image"]),
             torch.from_numpy(arrays[f"{name}/disparity_factor"]),
             SceneMeta(image["f_px"], image["width"], image["height"]),
+            source=f"{directory / GOLDEN_ARRAYS} ({name})",
         )
         reference = Gaussians3D(*(torch.from_numpy(arrays[f"{name}/{f}"]) for f in GAUSSIAN_FIELDS))
+        item.checked(reference, "the golden bundle's reference", artifact=False)
         views = [
             (
                 pose,
@@ -292,7 +328,7 @@ def check_golden(
             )
             for pose in poses
         ]
-        cand = candidate(item.image, item.disparity_factor)
+        cand = item.checked(candidate(item.image, item.disparity_factor), "the artifact", artifact=True)
         attributes, view_results = compare_scene(
             item, reference, cand, tolerances, poses, lpips_model, index["resolution"], reference_views=views,
             on_views=on_views,
@@ -401,6 +437,7 @@ def check_artifact(
             raise UserInputError(
                 f"reference checkpoint sha256 {loaded.checkpoint_sha256[:12]} differs from the artifact's "
                 f"{expected[:12]}",
+                path=loaded.checkpoint_path,
                 fix="pass the checkpoint the artifact was exported from",
             )
         meta["reference"] = loaded.source_label

