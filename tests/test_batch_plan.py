@@ -3,6 +3,7 @@ decoder. The Ray runs are in tests/test_batch.py."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -195,3 +196,19 @@ def test_journals_fold_into_the_manifest_and_survive_a_torn_line(tmp_path: Path)
     (tmp_path / MANIFEST_NAME).write_bytes(b"PAR1 broken")
     with pytest.raises(UserInputError, match="the batch manifest cannot be read"):
         read_manifest(tmp_path)
+
+
+def test_an_intent_without_its_row_claims_its_published_file_only(tmp_path: Path) -> None:
+    (tmp_path / "a.ply").write_bytes(b"a complete scene")  # published, then the process died before the row
+    journal = Journal(tmp_path)
+    intent = dict(status="writing", artifact_sha256=SHA, format="official", y_up=False, worker="h:1")
+    journal.append(new_row(input="/in/a.jpg", output="a.ply", finished=1.0, **intent))
+    journal.append(new_row(input="/in/b.jpg", output="b.ply", finished=2.0, **intent))  # died before publishing
+    journal.append(new_row(input="/in/c.jpg", output="c.ply", finished=3.0, **intent))
+    journal.append(new_row(input="/in/c.jpg", status="failed", error="x", exit_code=1, finished=4.0))
+    journal.close()
+    rows = fold_journals(tmp_path)
+    assert set(rows) == {"/in/a.jpg", "/in/c.jpg"} and rows["/in/c.jpg"]["status"] == "failed"
+    a = rows["/in/a.jpg"]
+    assert (a["status"], a["written"], a["output_size"]) == ("ok", True, len(b"a complete scene"))
+    assert a["output_sha256"] == hashlib.sha256(b"a complete scene").hexdigest()

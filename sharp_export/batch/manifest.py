@@ -3,10 +3,12 @@
 ``OUTPUT/manifest.parquet`` holds the latest row of every input ever processed into OUTPUT (``SCHEMA``). Parquet
 cannot be appended to, so rows reach it through journals: every process that finishes images (each actor, and the
 driver for inputs that never reach an actor) appends one JSON line per image to its own
-``OUTPUT/.sharp-batch/journal-<pid>-<start>-<random>.jsonl``, flushed and fsynced right after the image's file
-is published. The driver folds the journals into the manifest (rewritten atomically, ``publish.write_with``) at
-the start of a run, which recovers the rows of a run that was killed, and at its end. A torn last line (the
-process died mid-write) is skipped; the image is then redone, or found published, by the next run.
+``OUTPUT/.sharp-batch/journal-<pid>-<start>-<random>.jsonl``, flushed and fsynced: an intent line (status
+``writing``) just before the image's file is published, its row right after. The driver folds the journals into
+the manifest (rewritten atomically, ``publish.write_with``) at the start of a run, which recovers the rows of a
+run that was killed, and at its end. A torn last line (the process died mid-write) is skipped. An intent without
+its row (the process died after publishing, before the row) becomes the row of the file it names if that file
+exists: publishing is atomic, so the file is complete and ours; otherwise the image is redone by the next run.
 """
 
 from __future__ import annotations
@@ -23,11 +25,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sharp_export.errors import UserInputError
+from sharp_export.reference.hashing import sha256_file
 from sharp_export.reference.publish import owner_tag, write_with
 
 MANIFEST_NAME = "manifest.parquet"
 STATE_FOLDER = ".sharp-batch"  # journals; a hidden folder inside OUTPUT
 JOURNAL_GLOB = "journal-*.jsonl"
+WRITING = "writing"  # the status of an intent line: only in journals, never in the manifest
 STAGES = ("decode", "preprocess", "model", "postprocess", "write")  # seconds per stage, columns `<stage>_s`
 
 SCHEMA = pa.schema(
@@ -39,7 +43,7 @@ SCHEMA = pa.schema(
         ("output", pa.string()),  # relative to OUTPUT; null for a failed row
         ("output_size", pa.int64()),
         ("output_sha256", pa.string()),
-        ("status", pa.string()),  # "ok" or "failed"
+        ("status", pa.string()),  # "ok" or "failed" ("writing": an intent, journals only)
         ("error", pa.string()),  # the one-line error of a failed row
         ("exit_code", pa.int32()),  # the documented exit code of that error (0 when ok)
         ("warnings", pa.string()),  # metadata fallbacks taken ("; "-separated), e.g. an absurd EXIF focal length
@@ -129,8 +133,8 @@ def read_manifest(out_dir: Path) -> dict[str, dict[str, Any]]:
 
 
 def merge(rows: dict[str, dict[str, Any]], new: Iterable[dict[str, Any]]) -> None:
-    """Put ``new`` rows into ``rows`` (by input), later rows winning; an ok row of an attempt that found the output
-    already published never hides the row of the attempt that wrote it."""
+    """Put ``new`` rows (no intents) into ``rows`` (by input), later rows winning; an ok row of an attempt that found
+    the output already published never hides the row of the attempt that wrote it."""
     for row in sorted(new, key=lambda r: r["finished"] or 0.0):
         old = rows.get(row["input"])
         if (
@@ -142,6 +146,20 @@ def merge(rows: dict[str, dict[str, Any]], new: Iterable[dict[str, Any]]) -> Non
         ):
             continue
         rows[row["input"]] = row
+
+
+def resolve_intents(out_dir: Path, rows: dict[str, dict[str, Any]], intents: Iterable[dict[str, Any]]) -> None:
+    """An intent newer than the input's row (or without one) whose file exists: its process died between publishing
+    the file and journaling the row. The file is complete (publishing is atomic) and ours: it gets its row."""
+    for intent in sorted(intents, key=lambda r: r["finished"] or 0.0):
+        old = rows.get(intent["input"])
+        if old is not None and (old["finished"] or 0.0) >= (intent["finished"] or 0.0):
+            continue
+        path = out_dir / intent["output"]
+        if not path.is_file():
+            continue  # it died before publishing: the image is pending again
+        rows[intent["input"]] = {**intent, "status": "ok", "exit_code": 0, "written": True,
+                                 "output_size": path.stat().st_size, "output_sha256": sha256_file(path)}  # fmt: skip
 
 
 def write_manifest(out_dir: Path, rows: dict[str, dict[str, Any]]) -> None:
@@ -160,8 +178,9 @@ def fold_journals(out_dir: Path, keep: frozenset[Path] = frozenset()) -> dict[st
     folded = [path for path in journal_paths(out_dir) if path not in keep]
     if not folded:
         return rows
-    for path in folded:
-        merge(rows, read_journal(path))
+    lines = [row for path in folded for row in read_journal(path)]
+    merge(rows, [row for row in lines if row["status"] != WRITING])
+    resolve_intents(out_dir, rows, [row for row in lines if row["status"] == WRITING])
     write_manifest(out_dir, rows)
     for path in folded:
         path.unlink(missing_ok=True)

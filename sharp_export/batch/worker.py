@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sharp_export.batch.manifest import SCHEMA, Journal, new_row, worker_name
+from sharp_export.batch.manifest import SCHEMA, WRITING, Journal, new_row, worker_name
 from sharp_export.batch.plan import Work, identity
 from sharp_export.errors import OutputError, SharpExportError
 from sharp_export.reference.hashing import sha256_file
@@ -113,10 +113,10 @@ class SceneWriter:
         rows = [self.one(str(path), bytes(data)) for path, data in zip(batch["path"], batch["bytes"], strict=True)]
         return pa.Table.from_pylist(rows, schema=SCHEMA)
 
-    def _row(self, work: Work, data: bytes, **values: Any) -> dict[str, Any]:
+    def _row(self, work: Work, input_sha256: str, **values: Any) -> dict[str, Any]:
         return new_row(
             input=work.uri,
-            input_sha256=hashlib.sha256(data).hexdigest(),
+            input_sha256=input_sha256,
             input_size=work.size,
             input_mtime_ns=work.mtime_ns,
             artifact=self.job.artifact,
@@ -131,15 +131,17 @@ class SceneWriter:
     def one(self, path: str, data: bytes) -> dict[str, Any]:
         work = self.work[path]
         final = self.out_dir / work.output
-        if identity(final) != work.prior:  # an earlier attempt of this run published it, then its worker died
-            row = self._row(work, data, status="ok", exit_code=0, output=work.output, written=False,
-                            output_size=final.stat().st_size, output_sha256=sha256_file(final))  # fmt: skip
+        digest = hashlib.sha256(data).hexdigest()
+        found = identity(final)
+        if found is not None and found != work.prior:  # an earlier attempt of this run published it, then died
+            row = self._row(work, digest, status="ok", exit_code=0, output=work.output, written=False,
+                            output_size=found[1], output_sha256=sha256_file(final))  # fmt: skip
         else:
-            row = self._compute(work, data, final)
+            row = self._compute(work, digest, data, final)
         self.journal.append(row)
         return row
 
-    def _compute(self, work: Work, data: bytes, final: Path) -> dict[str, Any]:
+    def _compute(self, work: Work, digest: str, data: bytes, final: Path) -> dict[str, Any]:
         import torch
 
         from sharp_export.pipeline import gaussians_for_loaded
@@ -156,23 +158,26 @@ class SceneWriter:
             )  # fmt: skip
             computed = time.perf_counter()
             final.parent.mkdir(parents=True, exist_ok=True)
+            # The intent first: if this process dies between publishing the file and journaling its row, the
+            # driver still knows the file is ours (manifest.resolve_intents) instead of finding it in the way.
+            self.journal.append(self._row(work, digest, status=WRITING, output=work.output))
             save_ply(prediction.gaussians, prediction.meta, final, format=self.job.format, y_up=self.job.y_up,
                      replace=work.prior is not None)  # fmt: skip
             size, sha = final.stat().st_size, sha256_file(final)
         except OutputError as error:
             if not error.message.startswith("already exists"):
                 raise  # disk full, read-only: stop the job
-            return self._failed(work, data, error)
+            return self._failed(work, digest, error)
         except (SharpExportError, MemoryError, Exception) as error:
-            return self._failed(work, data, error)
+            return self._failed(work, digest, error)
         seconds = prediction.seconds
         return self._row(
-            work, data, status="ok", exit_code=0, output=work.output, output_size=size, output_sha256=sha,
+            work, digest, status="ok", exit_code=0, output=work.output, output_size=size, output_sha256=sha,
             written=True, warnings="; ".join(image.warnings) or None, decode_s=decoded - start,
             preprocess_s=seconds["preprocess"], model_s=seconds["model"], postprocess_s=seconds["postprocess"],
             write_s=time.perf_counter() - computed,
         )  # fmt: skip
 
-    def _failed(self, work: Work, data: bytes, error: BaseException) -> dict[str, Any]:
-        return self._row(work, data, status="failed", error=error_line(error, work.uri),
+    def _failed(self, work: Work, digest: str, error: BaseException) -> dict[str, Any]:
+        return self._row(work, digest, status="failed", error=error_line(error, work.uri),
                          exit_code=exit_code_of(error), written=False)  # fmt: skip
