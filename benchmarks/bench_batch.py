@@ -159,6 +159,7 @@ def main() -> None:
     parser.add_argument("--configs", default="run2,1x2,run1,1x1,2x1", help="runT and/or AxC (actors x CPUs each)")
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--min-available-gb", type=float, default=1.5)
+    parser.add_argument("--margin-gb", type=float, default=3.0, help="left free when judging whether A actors fit")
     args = parser.parse_args()
 
     load_at_start = os.getloadavg()
@@ -172,8 +173,14 @@ def main() -> None:
             subprocess.run(export, check=True, capture_output=True)
         inputs = photos(work / "in", args.images)
         runs: dict[str, list[dict]] = {config: [] for config in args.configs.split(",")}
+        skipped: dict[str, str] = {}
         for _ in range(args.repeat):
             for config in runs:
+                reason = too_big(config, runs, args.margin_gb)
+                if reason is not None:
+                    skipped[config] = reason
+                    print(f"== {config}: skipped, {reason}", flush=True)
+                    continue
                 out = work / f"out-{config}"
                 if config.startswith("run"):
                     threads, workers = int(config[3:]), 1
@@ -185,7 +192,7 @@ def main() -> None:
                     workers = actors
                 runs[config].append(measure(config, argv, out, len(inputs), workers, threads, args.min_available_gb))
                 shutil.rmtree(out)
-        results = {config: summarise(values) for config, values in runs.items()}
+        results = {config: summarise(values) for config, values in runs.items() if values}
         overhead = {}
         for threads in (1, 2):
             run, ray = results.get(f"run{threads}"), results.get(f"1x{threads}")
@@ -202,6 +209,7 @@ def main() -> None:
             "load_average_at_start": load_at_start,
             "load_average_at_end": os.getloadavg(),
             "configs": results,
+            "skipped": skipped,
             "ray_overhead": overhead,
             "ray_overhead_is": "batch with 1 actor x T CPUs against run with T threads, medians: the extra wall time "
             "is Ray's and the actor's start (once per job); the steady ratio is the per-image cost (1.0: none)",
@@ -210,6 +218,23 @@ def main() -> None:
         })  # fmt: skip
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def too_big(config: str, runs: dict[str, list[dict]], margin_gb: float) -> str | None:
+    """Why A actors (A > 1) must not start: A x the peak PSS of one actor, measured first, would leave less than
+    ``margin_gb`` of the memory available now (an overestimate: weights memory-mapped by both count twice)."""
+    if config.startswith("run") or int(config.split("x")[0]) == 1:
+        return None
+    actors = int(config.split("x")[0])
+    one = [v["peak_pss_gb"] for name, values in runs.items() if name.startswith("1x") for v in values]
+    if not one:
+        return "no 1-actor configuration was measured first to size it"
+    need, available = actors * max(one), psutil.virtual_memory().available / 1e9
+    if need > available - margin_gb:
+        return (
+            f"{actors} actors need about {need:.1f} GB ({actors} x the 1-actor peak PSS), {available:.1f} GB available"
+        )
+    return None
 
 
 def summarise(values: list[dict]) -> dict:

@@ -56,6 +56,13 @@ def _(ws: Workspace) -> list[Any]:
     return ["batch", ws.artifact_source, ws.path("in"), "-o", ws.out]
 
 
+@case("batch/file-in-the-way-of-an-output-folder", 1, "out/sub", "is in the way of an output folder")
+def _(ws: Workspace) -> list[Any]:
+    ws.photo("in/sub/photo.png")
+    ws.file("out/sub", b"a file where the folder of sub/photo.ply must go")
+    return ["batch", ws.artifact_source, ws.path("in"), "-o", ws.out]
+
+
 @case("batch/seed-with-an-artifact", 1, "applies to the reference model")
 def _(ws: Workspace) -> list[Any]:
     return ["batch", ws.artifact_source, ws.photo(), "-o", ws.out, "--seed", "0"]

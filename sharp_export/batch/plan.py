@@ -99,10 +99,13 @@ def make_plan(
         target = out_dir / item.output
         if target.is_symlink() or target.is_dir():
             raise UserInputError(
-                "a folder or link is in the way of this output and is never replaced", path=target, fix="move it away"
+                "a folder or link is in the way of this output and is never replaced",
+                path=target,
+                fix="move it away, or choose another -o folder",
             )
         if not force and target.exists():
             in_the_way.append(target)
+    _folders_are_free(out_dir, {item.output for item in pending})
     if in_the_way:
         more = f"; {len(in_the_way) - 1} more outputs are in the way too" if len(in_the_way) > 1 else ""
         raise UserInputError(
@@ -116,6 +119,23 @@ def make_plan(
         for item in pending
     }
     return Plan(pending, done, failed_before, work)
+
+
+def _folders_are_free(out_dir: Path, outputs: set[str]) -> None:
+    """Refuse up front a file where an output's folder must go (``OUTPUT/a`` a file, ``a/photo.ply`` to write)."""
+    checked: set[Path] = set()
+    for output in sorted(outputs):
+        for folder in reversed(Path(output).parents[:-1]):  # outermost first, OUTPUT itself excluded
+            if folder in checked:
+                continue
+            checked.add(folder)
+            path = out_dir / folder
+            if path.is_symlink() or (path.exists() and not path.is_dir()):
+                raise UserInputError(
+                    "a file or link is in the way of an output folder and is never replaced",
+                    path=path,
+                    fix="move it away, or choose another -o folder",
+                )
 
 
 @contextlib.contextmanager

@@ -24,7 +24,7 @@ from typing import Any
 
 from sharp_export.batch.manifest import SCHEMA, WRITING, Journal, new_row, worker_name
 from sharp_export.batch.plan import Work, identity
-from sharp_export.errors import OutputError, SharpExportError
+from sharp_export.errors import OutputError, SharpExportError, output_error
 from sharp_export.reference.hashing import sha256_file
 
 
@@ -86,6 +86,17 @@ def exit_code_of(error: BaseException) -> int:
     if isinstance(error, SharpExportError):
         return error.exit_code
     return 1 if isinstance(error, MemoryError) else 5
+
+
+def make_folder(folder: Path) -> None:
+    """The output's folder (checked free of files by the plan); a failure is an ``OutputError`` (stops the job)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise output_error(error, folder, "cannot create the output folder") or OutputError(
+            f"cannot create the output folder ({reason})", path=folder, fix="choose a writable -o folder"
+        ) from None
 
 
 class SceneWriter:
@@ -157,7 +168,7 @@ class SceneWriter:
                 artifact=self.is_artifact, start=decoded,
             )  # fmt: skip
             computed = time.perf_counter()
-            final.parent.mkdir(parents=True, exist_ok=True)
+            make_folder(final.parent)
             # The intent first: if this process dies between publishing the file and journaling its row, the
             # driver still knows the file is ours (manifest.resolve_intents) instead of finding it in the way.
             self.journal.append(self._row(work, digest, status=WRITING, output=work.output))
