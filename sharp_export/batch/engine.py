@@ -195,9 +195,11 @@ def ray_session(config: BatchConfig) -> Iterator[None]:
     if config.address is None:
         # Short: Ray's unix sockets live under it (a path limit of about 107 bytes).
         temp = tempfile.mkdtemp(prefix="sxray-", dir="/tmp" if os.path.isdir("/tmp") else None)
+        # worker_niceness 0: Ray runs its workers at nice 15 by default, so on a shared machine the actors would
+        # yield the CPU to everything else while a plain `run` would not; a local job runs at the command's priority.
         ray.init(address="local", include_dashboard=False, object_store_memory=LOCAL_OBJECT_STORE_BYTES,
                  _temp_dir=temp, _node_ip_address="127.0.0.1", logging_level=quiet, log_to_driver=config.verbose,
-                 configure_logging=True)  # fmt: skip
+                 configure_logging=True, _system_config={"worker_niceness": 0})  # fmt: skip
     else:
         ray.init(address=config.address, logging_level=quiet, log_to_driver=config.verbose)
     try:
