@@ -30,6 +30,7 @@ Where we deliberately differ from ml-sharp, for hostile or broken files:
 
 from __future__ import annotations
 
+import io
 import math
 import warnings
 from collections.abc import Sequence
@@ -81,7 +82,20 @@ def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loaded
         raise UserInputError("image file not found", path=path, fix="check the path")
     if path.is_dir():
         raise UserInputError("expected an image file, got a directory", path=path, fix="pass the file itself")
-    pil = _open_pil(path, max_pixels)
+    return _decode(path, path, max_pixels)
+
+
+def load_image_bytes(data: bytes, name: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
+    """``load_image`` for the bytes of an image file (read elsewhere: object storage, ``sharp-export batch``).
+
+    The same decoder on the same bytes, so the same pixels, EXIF focal length and warnings as ``load_image`` on the
+    file; ``name`` is where the bytes came from (named in errors; its suffix picks the HEIC decoder).
+    """
+    return _decode(io.BytesIO(data), Path(name), max_pixels)
+
+
+def _decode(source: Path | io.BytesIO, path: Path, max_pixels: int) -> LoadedImage:
+    pil = _open_pil(source, path, max_pixels)
     try:
         exif = _exif_values(pil)
         pil = _apply_orientation(pil, exif.get(TAG_ORIENTATION, 1))
@@ -112,7 +126,8 @@ def check_pixel_count(path: Path, width: int, height: int, max_pixels: int) -> N
         )
 
 
-def _open_pil(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS):
+def _open_pil(source: Path | io.BytesIO, path: Path, max_pixels: int = DEFAULT_MAX_PIXELS):
+    """PIL image of ``source`` (a file, or its bytes), pixels decoded; ``path`` names it in errors."""
     from PIL import Image, UnidentifiedImageError
 
     if path.suffix.lower() in HEIF_SUFFIXES:
@@ -121,7 +136,7 @@ def _open_pil(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS):
         except ImportError as error:
             raise MissingDependencyError("pillow-heif", "heic", "Reading HEIC images") from error
         try:
-            heif = pillow_heif.open_heif(path, convert_hdr_to_8bit=True)
+            heif = pillow_heif.open_heif(source, convert_hdr_to_8bit=True)
             check_pixel_count(path, *heif.size, max_pixels)
             return heif.to_pillow()
         except PermissionError as error:
@@ -135,7 +150,7 @@ def _open_pil(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             Image.MAX_IMAGE_PIXELS = None
-            pil = Image.open(path)
+            pil = Image.open(source)
             check_pixel_count(path, pil.width, pil.height, max_pixels)
             pil.load()
     except PermissionError as error:

@@ -12,7 +12,7 @@ import logging
 import click
 
 from sharp_export import __version__
-from sharp_export.commands import bench, export, parity, predict, render, run, triton, view
+from sharp_export.commands import batch, bench, export, parity, predict, render, run, triton, view
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -30,6 +30,7 @@ def _register() -> None:
     for command in export.target_commands():
         cli.add_command(command)
     cli.add_command(run.run_command)
+    cli.add_command(batch.command)
     cli.add_command(parity.command)
     cli.add_command(run.env_command)
     cli.add_command(bench.command)

@@ -82,16 +82,35 @@ def gaussians_for_image(
     """
     start = time.perf_counter()
     image = load_photo(path, max_pixels)
+    return gaussians_for_loaded(image, infer, resolution, device, producer=producer, artifact=artifact, start=start)
+
+
+def gaussians_for_loaded(
+    image: LoadedImage,
+    infer: InferFn,
+    resolution: int,
+    device: torch.device,
+    *,
+    producer: str,
+    artifact: bool,
+    start: float | None = None,
+) -> Prediction:
+    """``gaussians_for_image`` from the decoded image on: what `batch` runs on images decoded from their bytes.
+
+    ``start`` is when loading began (``seconds["preprocess"]`` counts from it; default: now).
+    """
+    start = time.perf_counter() if start is None else start
+    source = image.path
     tensor, disparity_factor = prepare_input(image, resolution, device=device)
     loaded = time.perf_counter()
     raw = infer(tensor, disparity_factor)
     if raw.mean_vectors.device.type == "cuda":
         torch.cuda.synchronize()
     inferred = time.perf_counter()
-    require_finite(raw, path, producer=producer, artifact=artifact)
+    require_finite(raw, source, producer=producer, artifact=artifact)
     meta = SceneMeta(f_px=image.f_px, width=image.width, height=image.height)
     gaussians = unproject_gaussians(raw, meta, resolution)
-    require_finite(gaussians, path, producer=f"unprojecting the output of {producer}", artifact=artifact)
+    require_finite(gaussians, source, producer=f"unprojecting the output of {producer}", artifact=artifact)
     done = time.perf_counter()
     seconds = {"preprocess": loaded - start, "model": inferred - loaded, "postprocess": done - inferred}
     return Prediction(gaussians, meta, seconds)

@@ -1,7 +1,8 @@
 """The bad-input catalogue as a whole, and the pieces it relies on.
 
 The cases are in tests/test_bad_inputs_scenes.py (predict, render, run), tests/test_bad_inputs_exports.py
-(parity, the export targets, env) and tests/test_bad_inputs_safety.py (--force, non-finite values, SIGTERM,
+(parity, the export targets, env), tests/test_bad_inputs_batch.py (batch, before Ray starts) and
+tests/test_bad_inputs_safety.py (--force, non-finite values, SIGTERM,
 concurrent writers, across commands); the machinery in tests/catalogue.py.
 """
 
@@ -14,6 +15,7 @@ import pytest
 from catalogue import RENDER, TINY, disk_full, png_header_only, save_photo, scene_vertices, write_ply
 from click.testing import CliRunner
 from PIL import Image
+from test_bad_inputs_batch import CASES as BATCH_CASES
 from test_bad_inputs_exports import CASES as EXPORT_CASES
 from test_bad_inputs_safety import CASES as SAFETY_CASES
 from test_bad_inputs_scenes import CASES as SCENE_CASES
@@ -21,12 +23,12 @@ from test_bad_inputs_scenes import CASES as SCENE_CASES
 from sharp_export.cli import cli
 from sharp_export.errors import BatchError, OutputError, UserInputError, output_error
 
-CASES = SCENE_CASES + EXPORT_CASES + SAFETY_CASES
+CASES = SCENE_CASES + EXPORT_CASES + SAFETY_CASES + BATCH_CASES
 
 
 def test_the_catalogue_covers_every_command() -> None:
     commands = {c.name.split("/")[0] for c in CASES}
-    assert commands >= {"predict", "render", "view", "run", "parity", "onnx", "coreml", "env", "triton"}
+    assert commands >= {"predict", "render", "view", "run", "batch", "parity", "onnx", "coreml", "env", "triton"}
     assert len(CASES) >= 40 and len({c.name for c in CASES}) == len(CASES)
     assert {c.exit_code for c in CASES} == {0, 1, 2, 3, 130, 143}
 
