@@ -34,7 +34,7 @@ def test_help_and_env_import_no_toolchain():
         "import sys; from click.testing import CliRunner; from sharp_export.cli import cli; "
         "r = CliRunner(); assert r.invoke(cli, ['--help']).exit_code == 0; "
         "assert r.invoke(cli, ['onnx', '--help']).exit_code == 0; assert r.invoke(cli, ['env']).exit_code == 0; "
-        "names = ('torch', 'onnx', 'onnxruntime', 'coremltools', 'tensorrt', 'openvino'); "
+        "names = ('torch', 'onnx', 'onnxruntime', 'coremltools', 'tensorrt', 'openvino', 'executorch', 'torchao'); "
         "heavy = [m for m in names if m in sys.modules]; "
         "print(heavy)"
     )

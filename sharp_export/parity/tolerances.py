@@ -118,6 +118,12 @@ PROFILES: dict[str, dict[str, Tolerance]] = {
         T(5e-3, "max", f"{_PROV}; as onnx fp32"), T(1e-4, "max", _SAME), T(5e-4, "max", _SAME),
         T(45.0, "max", _VIEW32), T(0.995, "max", _VIEW32), T(0.01, "max", _VIEW32),
     ),
+    # ExecuTorch fp32 (XNNPACK delegate) against torch eager. PROVISIONAL, replaced by measured rows below.
+    "fp32-executorch": _rows(
+        T(1e-3, "max", _PROV), T(2e-3, "max", _PROV), T(0.5, "max", _PROV), T(5e-3, "max", _PROV),
+        T(1e-4, "max", _PROV), T(5e-4, "max", _PROV),
+        T(45.0, "max", _VIEW32), T(0.995, "max", _VIEW32), T(0.01, "max", _VIEW32),
+    ),
     # Core ML fp32 (CPU / GPU compute units; the ANE is fp16 only).
     "fp32-coreml": _rows(
         T(2e-3, "max", f"{_PROV}; onnx fp32 x2"), T(4e-3, "max", f"{_PROV}; onnx fp32 x2"),
@@ -247,6 +253,12 @@ PROFILES: dict[str, dict[str, Tolerance]] = {
         T(30.0, "max", f"{_FP8}: min 34.7 dB over 8 views"),
         T(0.94, "max", f"{_FP8}: min 0.968"),
         T(0.06, "max", f"{_FP8}: max 0.035"),
+    ),
+    # ExecuTorch int8 (PT2E, XNNPACK quantizer). PROVISIONAL, replaced by measured rows.
+    "int8-executorch": _rows(
+        T(8e-2, "p99", _PROV), T(8e-2, "p99", _PROV), T(6.0, "p99", _PROV), T(0.2, "p99", _PROV),
+        T(1e-2, "p99", _PROV), T(4e-2, "p99", _PROV),
+        T(35.0, "max", _PROV), T(0.98, "max", _PROV), T(0.02, "max", _PROV),
     ),
     "int8": _rows(
         T(8e-2, "p99", f"{_INT8}: z rel err p99 5.4 %, median 0.28 %; x1.5"),
