@@ -61,17 +61,34 @@ def stage_examples(
     stages: tuple[Stage, ...],
     example: ExampleInputs,
 ) -> tuple[dict[str, tuple[torch.Tensor, ...]], int]:
-    """Each stage's example inputs (the chunked stage's first patch batch) from the eager chain, and the patch batch."""
-    examples: dict[str, tuple[torch.Tensor, ...]] = {}
+    """Each stage's example inputs (the chunked stage's first patch batch) and the patch batch.
+
+    Shapes come from the chain run on fake tensors (no full-size compute: at full size the eager chain is a
+    minute and a half); the model's own inputs are the real example, the tensors between stages zeros of their
+    shape (torch.export reads only shapes and dtypes).
+    """
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    shapes: dict[str, list[tuple[int, ...]]] = {}
     chunk = 0
 
     def keep(stage: Stage, inputs: list[torch.Tensor]) -> None:
         nonlocal chunk
-        examples[stage.name] = tuple(t.contiguous().clone() for t in inputs)
+        shapes[stage.name] = [tuple(int(d) for d in t.shape) for t in inputs]
         if stage.chunked:
             chunk = int(inputs[0].shape[0])
 
-    run_chain(stages, eager_functions(model, stages), example.image, example.disparity_factor, on_stage=keep)
+    real = {"image": example.image, "disparity_factor": example.disparity_factor}
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        fake = {name: torch.empty(value.shape) for name, value in real.items()}
+        run_chain(stages, eager_functions(model, stages), fake["image"], fake["disparity_factor"], on_stage=keep)
+    examples = {
+        stage.name: tuple(
+            real[name].contiguous() if name in real else torch.zeros(shape)
+            for name, shape in zip(stage.inputs, shapes[stage.name], strict=True)
+        )
+        for stage in stages
+    }
     return examples, chunk
 
 
