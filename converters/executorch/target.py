@@ -30,8 +30,10 @@ if TYPE_CHECKING:
 EXECUTORCH_VERSION = "1.5.1"  # pinned: the .pte format and the XNNPACK lowering are tested with this one only
 SPLIT_CHOICES = ("none", "stages")
 FP16_NOTE = (
-    "fp16 is not offered: not measured yet whether ExecuTorch 1.5.1's XNNPACK delegate runs SHARP in fp16 "
-    "(docs/targets/executorch.md)"
+    "fp16 is not offered: ExecuTorch 1.5.1's XNNPACK partitioner takes fp16 convolutions and linear layers but lists "
+    "only fp32 for softmax, GELU, exp, div and others (a toy conv + GELU + linear in fp16 left GELU to a portable "
+    "kernel), so SHARP's attention softmax and MLP GELU would run as portable fp16 kernels; and on this x86 CPU fp16 "
+    "ran slower than fp32 (docs/targets/executorch.md)"
 )
 SPLIT_OPTION = TargetOption(
     "split",
