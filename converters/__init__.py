@@ -8,8 +8,9 @@ functions, so importing this package is cheap and works without any optional ext
 from __future__ import annotations
 
 from sharp_export.converters.coreml.target import COREML_TARGET
+from sharp_export.converters.executorch.target import EXECUTORCH_TARGET
 from sharp_export.converters.onnx.target import ONNX_TARGET
 from sharp_export.converters.openvino.target import OPENVINO_TARGET
 from sharp_export.converters.tensorrt.target import TENSORRT_TARGET
 
-BUILTIN_TARGETS = (ONNX_TARGET, COREML_TARGET, TENSORRT_TARGET, OPENVINO_TARGET)
+BUILTIN_TARGETS = (ONNX_TARGET, COREML_TARGET, TENSORRT_TARGET, OPENVINO_TARGET, EXECUTORCH_TARGET)

@@ -31,6 +31,8 @@ _PACKAGES = {
     "onnxscript": "onnxscript",
     "coremltools": "coremltools",
     "openvino": "openvino",
+    "executorch": "executorch",
+    "torchao": "torchao",
     "tensorrt": "tensorrt",
     "gsplat": "gsplat",
     "pillow": "pillow",

@@ -45,7 +45,7 @@ def test_help_and_env_import_no_toolchain():
         "assert r.invoke(cli, ['view', '--help']).exit_code == 0; "
         "assert r.invoke(cli, ['batch', '--help']).exit_code == 0; "
         "names = ('torch', 'onnx', 'onnxruntime', 'coremltools', 'tensorrt', 'openvino', 'viser', 'gsply', "
-        "'matplotlib', 'ray', 'pyarrow'); "
+        "'matplotlib', 'ray', 'pyarrow', 'executorch', 'torchao'); "
         "heavy = [m for m in names if m in sys.modules]; "
         "print(heavy)"
     )

@@ -36,7 +36,10 @@ DEFAULT_OPSET = 18  # the opset written by default: the lowest torch's dynamo ex
 REGION_TAIL = "tail"
 REGION_GROUP_NORM = "group_norm"  # GroupNorm lowers to Reshape + InstanceNormalization + Reshape + Mul + Add
 REGION_NETWORK = "network"
-_NETWORK_MODULES = ("monodepth_model", "feature_model", "prediction_head")
+# The predictor's submodules with weights: an op traced inside one is network, an op traced in the predictor itself
+# is tail. (Public: the executorch target's int8 rules read it.)
+NETWORK_MODULES = ("monodepth_model", "feature_model", "prediction_head")
+_NETWORK_MODULES = NETWORK_MODULES
 
 
 # ---- regions ---------------------------------------------------------------------------------------------

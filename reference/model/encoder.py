@@ -81,34 +81,59 @@ class SlidingPyramidNetwork(nn.Module):
         """Pyramid, tiles and the patch ViT: (latent0, latent1, x0, x1, x2 feature maps), each [B, C_vit, g, g].
 
         Split from ``fuse`` so that Core ML's ``--split components`` can cut between the two ViTs while
-        running exactly this code.
+        running exactly this code; split again into ``tile_pyramid`` / ``encode_tiles`` / ``merge_tile_maps`` so
+        that ExecuTorch's ``--split stages`` can run the patch ViT on a few tiles at a time.
         """
-        p = self.params
-        batch = x.shape[0]
-        patch = p.vit.img_size
-        overlap0, overlap1 = (0.25, 0.5) if p.use_patch_overlap else (0.0, 0.0)
-        padding = 3 if p.use_patch_overlap else 0  # tokens cropped on interior tile sides at level 0
+        return self.merge_tile_maps(x, *self.encode_tiles(self.tile_pyramid(x)))
 
+    def _tiling(self, size: int) -> tuple[int, float, float, int]:
+        """(patch side, level-0 overlap, level-1 overlap, tokens cropped on interior level-0 tile sides)."""
+        p = self.params
+        overlap0, overlap1 = (0.25, 0.5) if p.use_patch_overlap else (0.0, 0.0)
+        padding = 3 if p.use_patch_overlap else 0
+        return p.vit.img_size, overlap0, overlap1, padding
+
+    def tile_pyramid(self, x: torch.Tensor) -> torch.Tensor:  # x: [B, 3, S, S] in [-1, 1]
+        """The tiles the patch ViT sees: level 0 (S), level 1 (S/2) and the level-2 image, [T*B, 3, p, p]."""
+        patch, overlap0, overlap1, _ = self._tiling(x.shape[-1])
         # Pyramid without antialiasing, as ml-sharp (half-pixel bilinear at 0.5 / 0.25).
         x1 = F.interpolate(x, scale_factor=0.5, mode="bilinear", align_corners=False)
         x2 = F.interpolate(x, scale_factor=0.25, mode="bilinear", align_corners=False)
+        return torch.cat([split_tiles(x, patch, overlap0), split_tiles(x1, patch, overlap1), x2], dim=0)
 
-        tiles0 = split_tiles(x, patch, overlap0)
-        tiles1 = split_tiles(x1, patch, overlap1)
-        n0, n1 = tiles0.shape[0], tiles1.shape[0]
-        steps0 = len(tile_offsets(x.shape[-1], patch, overlap0))
-        steps1 = len(tile_offsets(x1.shape[-1], patch, overlap1))
+    def encode_tiles(self, tiles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The patch ViT on tiles [N, 3, p, p]: the two hooked blocks' and the final token maps, each [N, C, g, g].
 
-        features, hooked = self.patch_encoder(torch.cat([tiles0, tiles1, x2], dim=0))
+        Every tile is independent, so any batch of tiles gives the same maps as the whole stack.
+        """
+        p = self.params
+        features, hooked = self.patch_encoder(tiles)
         grid = p.vit.grid
-        latent0 = tokens_to_map(hooked[p.hook_block_ids[0]][:n0], grid)
-        latent1 = tokens_to_map(hooked[p.hook_block_ids[1]][:n0], grid)
         return (
-            merge_tiles(latent0, batch, steps0, padding),
-            merge_tiles(latent1, batch, steps0, padding),
-            merge_tiles(features[:n0], batch, steps0, padding),
-            merge_tiles(features[n0 : n0 + n1], batch, steps1, 2 * padding),
-            features[n0 + n1 :],
+            tokens_to_map(hooked[p.hook_block_ids[0]], grid),
+            tokens_to_map(hooked[p.hook_block_ids[1]], grid),
+            features,
+        )
+
+    def merge_tile_maps(
+        self,
+        x: torch.Tensor,  # [B, 3, S, S]: only its shape is read
+        latent0_tiles: torch.Tensor,  # [T*B, C, g, g] (encode_tiles of tile_pyramid, in order)
+        latent1_tiles: torch.Tensor,
+        feature_tiles: torch.Tensor,
+    ) -> tuple[torch.Tensor, ...]:
+        """Merge the tiles' maps into (latent0, latent1, x0, x1, x2 feature maps), each [B, C_vit, g', g']."""
+        batch, size = x.shape[0], x.shape[-1]
+        patch, overlap0, overlap1, padding = self._tiling(size)
+        steps0 = len(tile_offsets(size, patch, overlap0))
+        steps1 = len(tile_offsets(size // 2, patch, overlap1))
+        n0, n1 = steps0 * steps0 * batch, steps1 * steps1 * batch
+        return (
+            merge_tiles(latent0_tiles[:n0], batch, steps0, padding),
+            merge_tiles(latent1_tiles[:n0], batch, steps0, padding),
+            merge_tiles(feature_tiles[:n0], batch, steps0, padding),
+            merge_tiles(feature_tiles[n0 : n0 + n1], batch, steps1, 2 * padding),
+            feature_tiles[n0 + n1 :],
         )
 
     def fuse(self, x: torch.Tensor, patch_maps: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:

@@ -1,0 +1,234 @@
+"""Tiny preset -> ExecuTorch programs (XNNPACK delegate) at fp32 and int8, whole and split into stages.
+
+Each export runs its own parity on the golden pattern (exit 0 only when it passes); the tests then run the
+artifacts through `sharp-export parity` on a real photo, against ml-sharp's golden outputs, against each other
+(split vs whole), and break them (bad-input catalogue: one line, exit 1, never a crash of the C++ runtime).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+pytest.importorskip("executorch")
+
+from sharp_export.artifact import read_manifest  # noqa: E402
+from sharp_export.cli import cli  # noqa: E402
+from sharp_export.commands.export import make_target_command  # noqa: E402
+from sharp_export.parity.compare import compare_gaussians  # noqa: E402
+from sharp_export.registry import get_target, open_runner  # noqa: E402
+from sharp_export.samples import sample_image_path  # noqa: E402
+
+VARIANTS = ("fp32-none", "fp32-stages", "int8-none", "int8-stages")
+STAGE_NAMES = ["tiles", "patch_encoder", "image_encoder", "depth_decoder", "gaussians"]
+# Ops our graph used to hand to portable kernels (torch's safe-softmax attention, qkv.split, no-op expands): gone.
+OURS = {"logical_not", "any.dim", "eq.Scalar", "full_like", "split_with_sizes_copy", "mul.Scalar", "alias_copy"}
+
+
+def _export(out: Path, variant: str, weights: Path) -> Path:
+    precision, split = variant.split("-")
+    args = ["--preset", "tiny", "-c", str(weights), "-o", str(out), "--precision", precision, "--split", split]
+    if precision == "int8":
+        args += ["--calib-data", "samples", "--calib-size", "2"]
+    result = CliRunner().invoke(make_target_command(get_target("executorch")), args)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+class _Exports(dict):
+    """variant -> artifact folder, each exported on first use and kept for the module (30-60 s of lowering each)."""
+
+    def __init__(self, root: Path, weights: Path):
+        super().__init__()
+        self.root, self.weights = root, weights
+
+    def __missing__(self, variant: str) -> Path:
+        self[variant] = _export(self.root / variant, variant, self.weights)
+        return self[variant]
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory, golden_dir) -> dict[str, Path]:
+    return _Exports(tmp_path_factory.mktemp("executorch"), golden_dir / "weights_perturbed.safetensors")
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_manifest_programs_and_delegation(artifacts, variant):
+    artifact = artifacts[variant]
+    manifest = read_manifest(artifact)
+    conversion = manifest.conversion
+    assert manifest.target == "executorch" and manifest.parity["status"] == "passed"
+    names = [p["name"] for p in conversion["programs"]]
+    assert names == (STAGE_NAMES if variant.endswith("stages") else ["model"])
+    for program in conversion["programs"]:
+        for key in ("program", "data"):
+            if program[key] is not None:  # the tiles stage has no weights, so no .ptd
+                assert (artifact / program[key]).stat().st_size == program["bytes"][program[key]]
+    assert sorted(p.name for p in artifact.glob("*.pt*")) == sorted(conversion["files"])
+    # The ops we caused are gone; what is left is the model's own (norms, tail). Measured tiny: 20 delegates.
+    assert not OURS & set(conversion["not_delegated"]), conversion["not_delegated"]
+    assert conversion["not_delegated"]["native_layer_norm"] == 18  # 2 ViTs x (4 blocks x 2 + final norm)
+    assert conversion["xnnpack_delegates"] >= 10
+    if variant.endswith("stages"):
+        assert conversion["patch_batch"] == 7  # 21 tiles (16 + 4 + 1) in 3 runs of 7
+    weights = sum(p["bytes"].get(p["data"], 0) for p in conversion["programs"])
+    if variant.startswith("int8"):
+        # 113 layers: the 81 network convolutions and 32 ViT linears; the 3 convs of the disparity head stay fp32.
+        assert sum(conversion["int8"]["quantized_layers"].values()) == 113
+        assert conversion["int8"]["float_modules"] == ["monodepth_model.monodepth_predictor.head"]
+        assert weights < 0.5 * 3_894_680  # measured fp32 model.ptd: 3,894,680 bytes
+    else:
+        assert 3_800_000 < weights < 4_000_000
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_parity_command_on_a_real_photo(artifacts, variant, golden_dir, tmp_path):
+    weights = golden_dir / "weights_perturbed.safetensors"
+    image, report = sample_image_path("coffee"), tmp_path / "p.json"
+    args = ["parity", str(artifacts[variant]), "--preset", "tiny", "-c", str(weights),
+            "--images", str(image), "--poses", "1", "--report", str(report)]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(report.read_text())
+    assert report["meta"]["tolerance_profile"] == f"{variant.split('-')[0]}-executorch"
+
+
+def test_outputs_against_ml_sharp_golden_and_split_against_whole(artifacts, golden_dir):
+    golden = np.load(golden_dir / "out_square_perturbed.npz")
+    from PIL import Image
+
+    image = np.asarray(Image.open(golden_dir / "input.png"), dtype=np.float32).transpose(2, 0, 1)[None] / 255.0
+    image, factor = np.ascontiguousarray(image), np.array([1.0], dtype=np.float32)
+    outputs = {}
+    for variant in VARIANTS:
+        with open_runner(artifacts[variant]) as runner:
+            outputs[variant] = runner.infer(image, factor)
+    worst = {v: {r.metric: r for r in compare_gaussians(golden, outputs[v], None, space="raw")} for v in VARIANTS}
+    for variant in ("fp32-none", "fp32-stages"):  # measured z rel err max 3.4e-6, colours 1.0e-6 (fp32-none)
+        assert worst[variant]["means_rel_depth"].max < 1e-4
+        assert worst[variant]["colors_abs"].max < 1e-5
+    for variant in ("int8-none", "int8-stages"):
+        assert 3e-4 < worst[variant]["means_rel_depth"].p99 < 8e-2  # int8 really ran, and stays close
+    # Running the stages one after another (patch ViT 7 tiles at a time) gives the whole program's numbers.
+    split = {r.metric: r for r in compare_gaussians(outputs["fp32-none"], outputs["fp32-stages"], None, space="raw")}
+    assert split["means_rel_depth"].max < 1e-5 and split["colors_abs"].max < 1e-6
+
+
+# ---- bad inputs: one line, exit 1 ------------------------------------------------------------------------------
+
+
+def _copy_with_manifest_sizes(artifact: Path, target: Path, edit) -> Path:
+    """A copy of ``artifact`` changed by ``edit(folder)``, its manifest's sizes updated so that the artifact layer's
+    own size check passes and the ExecuTorch runner's checks are what is tested."""
+    shutil.copytree(artifact, target)
+    edit(target)
+    manifest = json.loads((target / "manifest.json").read_text())
+    for name in list(manifest["files"]):
+        path = target / name
+        if path.exists():
+            manifest["files"][name]["size"] = path.stat().st_size
+        else:
+            del manifest["files"][name]
+    (target / "manifest.json").write_text(json.dumps(manifest))
+    return target
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _foreign(folder: Path, source: Path) -> None:
+    # Another export's program under this one's name: the split export's patch encoder (input tiles [7, 3, 96, 96]).
+    shutil.copy(source / "patch_encoder.pte", folder / "model.pte")
+    shutil.copy(source / "patch_encoder.ptd", folder / "model.ptd")
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("truncated_pte", "truncated ExecuTorch program file"),
+        ("truncated_ptd", "truncated ExecuTorch data file"),
+        ("missing_ptd", "the ExecuTorch data file is missing"),
+        ("not_a_pte", "not an ExecuTorch program file"),
+        ("foreign_program", "takes 1 inputs and gives 3 outputs, the manifest says 2 and 5"),
+        ("foreign_weights", "ExecuTorch cannot load this program with model.ptd"),
+    ],
+)
+def test_bad_program_files_get_one_line(artifacts, tmp_path, case, message):
+    whole, split = artifacts["fp32-none"], artifacts["fp32-stages"]
+    edits = {
+        "truncated_pte": lambda f: _truncate(f / "model.pte"),
+        "truncated_ptd": lambda f: _truncate(f / "model.ptd"),
+        "missing_ptd": lambda f: (f / "model.ptd").unlink(),
+        "not_a_pte": lambda f: (f / "model.pte").write_bytes(b"\0" * 4096),
+        "foreign_program": lambda f: _foreign(f, split),
+        "foreign_weights": lambda f: shutil.copy(artifacts["int8-none"] / "model.ptd", f / "model.ptd"),
+    }
+    broken = _copy_with_manifest_sizes(whole, tmp_path / case, edits[case])
+    image = sample_image_path("coffee")
+    result = CliRunner().invoke(cli, ["run", str(broken), str(image), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("error") or "FAILED" in line]
+    assert any(message in line for line in lines), result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_truncated_copy_is_caught_by_the_manifest_first(artifacts, tmp_path):
+    broken = tmp_path / "copy"
+    shutil.copytree(artifacts["fp32-none"], broken)
+    _truncate(broken / "model.pte")
+    result = CliRunner().invoke(cli, ["run", str(broken), str(sample_image_path("coffee")), "-o", str(tmp_path / "o")])
+    assert result.exit_code == 1 and "(truncated copy?)" in result.output
+
+
+def test_wrong_executorch_version_gets_the_install_line(artifacts, tmp_path, monkeypatch):
+    from sharp_export.converters.executorch import target
+
+    monkeypatch.setattr(target, "package_version", lambda dist: "1.4.0")
+    assert "pip install 'sharp-export[executorch]'" in get_target("executorch").status()
+    result = CliRunner().invoke(cli, ["run", str(artifacts["fp32-none"]), str(sample_image_path("coffee")),
+                                      "-o", str(tmp_path / "o")])  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert "executorch 1.4.0 is installed" in result.output and "sharp-export[executorch]" in result.output
+
+
+def test_split_only_with_known_values_and_int8_needs_photos(tmp_path):
+    command = make_target_command(get_target("executorch"))
+    result = CliRunner().invoke(command, ["--preset", "tiny", "--seed", "0", "-o", str(tmp_path / "a"),
+                                          "--precision", "int8"])  # fmt: skip
+    assert result.exit_code == 1 and "--calib-data" in result.output
+    result = CliRunner().invoke(command, ["--preset", "tiny", "--seed", "0", "-o", str(tmp_path / "b"),
+                                          "--split", "pieces"])  # fmt: skip
+    assert result.exit_code == 2 and "pieces" in result.output
+    result = CliRunner().invoke(command, ["--preset", "tiny", "--seed", "0", "-o", str(tmp_path / "c"),
+                                          "--precision", "fp16"])  # fmt: skip
+    assert result.exit_code == 2 and "fp16" in result.output
+
+
+def test_stage_chain_is_the_model():
+    """The stages call the reference's own methods: chained eagerly they give forward()'s numbers, bit for bit with
+    all tiles in one patch batch, and within fp32 noise 7 tiles at a time (batched matmuls block differently)."""
+    import torch
+
+    from sharp_export.converters.executorch.stages import STAGES, eager_functions, run_chain
+    from sharp_export.reference.checkpoint import build_model
+    from sharp_export.reference.gaussians import GAUSSIAN_FIELDS
+    from sharp_export.samples import example_inputs
+
+    model = build_model("tiny", None, 0).model.eval()
+    example = example_inputs(384, 1)
+    with torch.no_grad():
+        expected = model(example.image, example.disparity_factor)
+    functions = eager_functions(model, STAGES)
+    whole = run_chain(STAGES, functions, example.image, example.disparity_factor, chunk=21)
+    chunked = run_chain(STAGES, functions, example.image, example.disparity_factor)
+    assert whole["tiles"].shape[0] == 21
+    for name, value in zip(GAUSSIAN_FIELDS, expected, strict=True):
+        assert torch.equal(whole[name], value), name
+        assert torch.allclose(chunked[name], value, rtol=1e-5, atol=1e-5), name
