@@ -32,6 +32,7 @@ _PACKAGES = {
     "coremltools": "coremltools",
     "openvino": "openvino",
     "tensorrt": "tensorrt",
+    "tensorrt-rtx-cu12-bindings": "tensorrt_rtx",
     "gsplat": "gsplat",
     "pillow": "pillow",
     "pillow-heif": "pillow_heif",
