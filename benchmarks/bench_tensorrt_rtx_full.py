@@ -74,7 +74,25 @@ def main() -> None:
     parser.add_argument("--name", default=None, help="results file name (default tensorrt_rtx_<preset>)")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="rtx-bench-", dir=args.workdir))
-    rows = {}
+    name = args.name or f"tensorrt_rtx_{args.preset}"
+    rows: dict = {}
+
+    def write(complete: bool) -> None:
+        """Saved after every precision: a run stopped later (out of memory on a shared machine) keeps the rows done."""
+        save(
+            name,
+            {
+                "what": "sharp-export tensorrt-rtx: TensorRT-ready ONNX + TensorRT-RTX ahead-of-time engine build on "
+                "the CPU (no GPU); seed-0 untrained weights; int8 / fp8 calibrated on the 5 bundled sample photos; "
+                "--no-parity. No engine was run: no latency exists here.",
+                "preset": args.preset,
+                "compute_capability": args.compute_capability,
+                "precisions_asked": args.precisions,
+                "complete": complete,
+                "results": rows,
+            },
+        )
+
     try:
         for precision in args.precisions:
             out = workdir / precision
@@ -88,20 +106,10 @@ def main() -> None:
             print(precision, {k: v for k, v in rows[precision].items() if k != "files"}, flush=True)
             if not args.keep:
                 shutil.rmtree(out)
+            write(complete=len(rows) == len(args.precisions))
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
-    save(
-        args.name or f"tensorrt_rtx_{args.preset}",
-        {
-            "what": "sharp-export tensorrt-rtx: TensorRT-ready ONNX + TensorRT-RTX ahead-of-time engine build on the "
-            "CPU (no GPU); seed-0 untrained weights; int8 / fp8 calibrated on the 5 bundled sample photos; "
-            "--no-parity. No engine was run: no latency exists here.",
-            "preset": args.preset,
-            "compute_capability": args.compute_capability,
-            "results": rows,
-        },
-    )
 
 
 if __name__ == "__main__":
