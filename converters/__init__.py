@@ -12,5 +12,6 @@ from sharp_export.converters.executorch.target import EXECUTORCH_TARGET
 from sharp_export.converters.onnx.target import ONNX_TARGET
 from sharp_export.converters.openvino.target import OPENVINO_TARGET
 from sharp_export.converters.tensorrt.target import TENSORRT_TARGET
+from sharp_export.converters.tensorrt_rtx.target import TENSORRT_RTX_TARGET
 
-BUILTIN_TARGETS = (ONNX_TARGET, COREML_TARGET, TENSORRT_TARGET, OPENVINO_TARGET, EXECUTORCH_TARGET)
+BUILTIN_TARGETS = (ONNX_TARGET, COREML_TARGET, TENSORRT_TARGET, TENSORRT_RTX_TARGET, OPENVINO_TARGET, EXECUTORCH_TARGET)

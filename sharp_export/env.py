@@ -34,6 +34,7 @@ _PACKAGES = {
     "executorch": "executorch",
     "torchao": "torchao",
     "tensorrt": "tensorrt",
+    "tensorrt-rtx-cu12-bindings": "tensorrt_rtx",
     "gsplat": "gsplat",
     "pillow": "pillow",
     "pillow-heif": "pillow_heif",

@@ -12,8 +12,6 @@ profile once and hands them to every step.
 from __future__ import annotations
 
 import gc
-import json
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +41,7 @@ from sharp_export.contract import (
 from sharp_export.env import environment_report
 from sharp_export.errors import ParityError, TargetUnavailableError, UserInputError
 from sharp_export.parity.compare import compare_gaussians
-from sharp_export.parity.report import ParityReport, format_table, to_json
+from sharp_export.parity.runner_check import PARITY_NAME, check_with_runner
 from sharp_export.parity.tolerances import profile_tolerances
 from sharp_export.pipeline import require_finite
 from sharp_export.progress import Stages, echo, peak_rss_gb
@@ -129,40 +127,7 @@ def _source_info(loaded: Any) -> dict[str, Any]:
 
 def default_parity_hook(ctx: ParityContext) -> dict[str, Any]:
     """Run the fresh artifact through its own runner and gate it with its tolerance profile."""
-    tolerances = profile_tolerances(ctx.tolerance_profile)
-    with ctx.target.open_runner(ctx.artifact_dir, ctx.manifest, ctx.device) as runner:
-        candidate = runner.infer(ctx.example.image.numpy(), ctx.example.disparity_factor.numpy())
-        seconds = runner.last_inference_time_s
-    results = compare_gaussians(ctx.reference, candidate, tolerances, space="raw")
-    meta = {
-        "target": ctx.target.name,
-        "precision": ctx.manifest.precision,
-        "tolerance_profile": ctx.tolerance_profile,
-        "batch": ctx.example.batch,
-        "device": ctx.device,
-        "input": "golden pattern (export example input)",
-        "runner_seconds": seconds,
-    }
-    report = ParityReport(results, [], meta)
-    echo(format_table(report))
-    document = to_json(report)
-    summary = {
-        "status": "passed" if report.passed else "failed",
-        "failures": document["failures"],
-        "details": PARITY_NAME,
-        "batch": ctx.example.batch,
-    }
-    # Non-finite outputs fail the rows above already; they are named first, in the manifest and the error line, so
-    # that no one ships such an artifact unawares (it is kept, marked failed, like any artifact that fails parity).
-    problem = find_non_finite(candidate)
-    if problem is not None:
-        line = f"non-finite outputs: {problem.describe()} on the golden pattern"
-        echo(f"    the artifact produced {problem.describe()}")
-        failures = [line, *summary["failures"]]
-        summary = {**summary, "status": "failed", "failures": failures, "non_finite": asdict(problem)}
-        document = {**document, "non_finite": asdict(problem)}
-    (ctx.artifact_dir / PARITY_NAME).write_text(json.dumps(document, indent=2) + "\n")
-    return summary
+    return check_with_runner(ctx, ctx.target.open_runner(ctx.artifact_dir, ctx.manifest, ctx.device))
 
 
 def _reference_outputs(model: torch.nn.Module, example: ExampleInputs) -> Gaussians3D:

@@ -169,6 +169,17 @@ def _(ws: Workspace) -> list[Any]:
     return ["onnx", "--preset", "tiny", "-c", ws.path("missing.pt"), "-o", ws.path("art"), "--no-parity"]
 
 
+@case("tensorrt-rtx/fp8-for-ampere", 1, "--precision fp8 cannot be built for sm86", "SM89 or later")
+def _(ws: Workspace) -> list[Any]:
+    return ["tensorrt-rtx", *TINY, "-o", ws.path("art"), "--precision", "fp8", "--calib-data", "samples",
+            "--compute-capability", "sm86"]  # fmt: skip
+
+
+@case("tensorrt-rtx/unknown-compute-capability", 1, "--compute-capability 'sm90': unknown ['sm90']")
+def _(ws: Workspace) -> list[Any]:
+    return ["tensorrt-rtx", *TINY, "-o", ws.path("art"), "--compute-capability", "sm90"]
+
+
 @case("coreml/unknown-deployment-target", 2, "--deployment-target", "iOS9")
 def _(ws: Workspace) -> list[Any]:
     return ["coreml", *TINY, "-o", ws.path("art"), "--deployment-target", "iOS9"]

@@ -6,6 +6,7 @@ No engine is built or run here: TensorRT cannot be installed on these machines.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 import types
@@ -94,6 +95,30 @@ def test_int8_no_build_follows_tensorrt_qdq_rules(artifacts):
     assert len(m.conversion["calibration"]["sha256"]) == 64  # the calibration set's hash is recorded
     rows = {r["metric"]: r for r in json.loads((artifacts["int8"] / "parity.json").read_text())["attributes"]}
     assert rows["means_rel_depth"]["p99"] < 4e-2 and rows["scales_log"]["p99"] < 7e-2
+
+
+HAS_RTX = importlib.util.find_spec("tensorrt_rtx_bindings") is not None
+
+
+@pytest.mark.parametrize(
+    ("precision", "capability", "status"),
+    [("fp16", "sm80", "built"), ("int8", "sm86", "built"), ("fp8", "sm89", "built"), ("bf16", "sm80", "build_failed")],
+)
+def test_no_build_parses_and_builds_with_tensorrt_rtx_where_installed(artifacts, precision, capability, status):
+    record = read_manifest(artifacts[precision]).conversion["tensorrt_rtx_check"]
+    if not HAS_RTX:
+        assert record["status"] == "not run" and "pip install 'sharp-export[tensorrt-rtx]'" in record["reason"]
+        return
+    # Recorded as what it is: a TensorRT-RTX build for the closest RTX compute capability, discarded.
+    assert record["status"] == status and record["compute_capabilities"] == [capability]
+    assert record["builder"].startswith("TensorRT-RTX 1.") and "not a TensorRT engine" in record["what"]
+    assert record["network"]["layers"] > 1000
+    if precision == "int8":  # --trt-compat 10.3 --dynamic-batch --max-batch 4: Ampere and the same profile
+        assert record["batch_profile"] == [1, 1, 4] and record["network"]["inputs"][0]["shape"] == [-1, 3, 384, 384]
+    if status == "built":
+        assert record["engine_bytes"] > 1_000_000
+    else:  # TensorRT-RTX 1.7 cannot type a bf16 ConvTranspose (docs/targets/tensorrt-rtx.md): recorded, not raised
+        assert "deconv" in record["error"] and "bf16" in record["error"]
 
 
 def test_int8_runs_through_the_generic_runner_on_cpu(artifacts):

@@ -4,7 +4,9 @@ Network nodes compute in half precision and their weights are stored in it; kept
 statistics, ``InstanceNormalization``; regions from ``onnx_graph.node_regions``) stay fp32; a ``Cast`` is inserted
 on every edge between the two. The graph inputs and outputs stay fp32, so the runner and the manifest's I/O spec
 do not change. Why the tail stays fp32, measured on the tiny preset: see ``FP16_KEEP_NOTE``. The same plan in
-bfloat16 (:func:`write_half`, opset raised to 22) serves the tensorrt target's ``--precision bf16``.
+bfloat16 (:func:`write_half`, opset raised to 22) serves the tensorrt and tensorrt-rtx targets' ``--precision bf16``;
+a caller may keep further op types fp32 (``keep_fp32_ops``: tensorrt-rtx keeps ConvTranspose, which TensorRT-RTX
+cannot build in bf16).
 
 torch is not imported here; onnx only inside the functions.
 """
@@ -12,7 +14,7 @@ torch is not imported here; onnx only inside the functions.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -60,6 +62,8 @@ class Fp16Report:
     initializers_fp32: int = 0
     out_of_range_nodes: list[str] = field(default_factory=list)
     kept_nodes: list[str] = field(default_factory=list)
+    kept_ops: dict[str, str] = field(default_factory=dict)  # op type kept fp32 everywhere -> why
+    kept_op_nodes: int = 0  # nodes kept fp32 for their op type alone
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -75,6 +79,8 @@ class Fp16Report:
             "initializers_fp32": self.initializers_fp32,
             "kept_fp32_out_of_fp16_range": self.out_of_range_nodes,
             "kept_fp32_nodes": self.kept_nodes,
+            "kept_fp32_ops": self.kept_ops,
+            "kept_fp32_op_nodes": self.kept_op_nodes,
         }
 
 
@@ -152,12 +158,17 @@ def _max_abs(tensor: onnx.TensorProto) -> float:
 
 
 def convert_fp16(
-    model: onnx.ModelProto, keep_regions: Iterable[str] = FP16_KEPT_REGIONS, *, half: str = "fp16"
+    model: onnx.ModelProto,
+    keep_regions: Iterable[str] = FP16_KEPT_REGIONS,
+    *,
+    half: str = "fp16",
+    keep_fp32_ops: Mapping[str, str] | None = None,
 ) -> Fp16Report:
     """Rewrite ``model`` (loaded with its weights) to the fp16 plan, in place. Returns what was done.
 
-    ``half="bf16"`` writes the same plan in bfloat16 (the tensorrt target); ONNX allows bfloat16 Conv only from
-    opset 22, so the caller converts the model's opset first (:func:`write_half`).
+    ``half="bf16"`` writes the same plan in bfloat16 (the tensorrt targets); ONNX allows bfloat16 Conv only from
+    opset 22, so the caller converts the model's opset first (:func:`write_half`). ``keep_fp32_ops``: op types that
+    stay fp32 wherever they are (op type -> why, recorded), with their weights and a Cast on each edge.
     """
     import onnx
     from onnx import helper
@@ -170,7 +181,8 @@ def convert_fp16(
     regions = node_regions(graph)
     dtypes = _tensor_dtypes(model)
     initializers = {t.name: t for t in graph.initializer}
-    report = Fp16Report(kept_regions=keep, half=half)
+    kept_ops = dict(keep_fp32_ops or {})
+    report = Fp16Report(kept_regions=keep, half=half, kept_ops=kept_ops)
     FLOAT, HALF = onnx.TensorProto.FLOAT, HALF_TYPES[half]
     # bf16 has fp32's exponent range: no weight is out of range.
     half_max = FP16_MAX if half == "fp16" else float("inf")
@@ -179,6 +191,9 @@ def convert_fp16(
     plan: dict[str, set[str]] = {}
     for node in graph.node:
         if regions[node.name] in keep:
+            continue
+        if node.op_type in kept_ops:
+            report.kept_op_nodes += 1
             continue
         schema = _schema(node, opset)
         if schema is None:
@@ -305,8 +320,16 @@ def convert_fp16(
     return report
 
 
-def write_half(fp32_path: Path, out_path: Path, external_data: bool, half: str = "fp16") -> dict[str, Any]:
-    """The fp16 (or bf16) model at ``out_path`` from the fp32 model at ``fp32_path``; returns manifest details."""
+def write_half(
+    fp32_path: Path,
+    out_path: Path,
+    external_data: bool,
+    half: str = "fp16",
+    keep_fp32_ops: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """The fp16 (or bf16) model at ``out_path`` from the fp32 model at ``fp32_path``; returns manifest details.
+
+    ``keep_fp32_ops``: see :func:`convert_fp16`."""
     import onnx
     from onnx.external_data_helper import load_external_data_for_model
 
@@ -314,7 +337,7 @@ def write_half(fp32_path: Path, out_path: Path, external_data: bool, half: str =
     model = onnx.load(str(fp32_path), load_external_data=False)
     opset = raise_opset(model, BF16_MIN_OPSET, "bf16") if half == "bf16" else None
     load_external_data_for_model(model, str(fp32_path.parent))
-    report = convert_fp16(model, half=half)
+    report = convert_fp16(model, half=half, keep_fp32_ops=keep_fp32_ops)
     save_onnx(model, out_path, external_data)
     del model
     seconds = time.perf_counter() - start

@@ -15,6 +15,7 @@ torch and the toolchains are imported inside the functions: target rows import t
 from __future__ import annotations
 
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -65,12 +66,14 @@ def export_at_precision(
     precision: str | None = None,
     int8_rules: str = "onnxruntime",
     quantizer: str = "ort",
+    keep_fp32_ops: Mapping[str, str] | None = None,
 ) -> OnnxAtPrecision:
     """``out_dir/model.onnx`` (+ ``.data``) at ``precision``, I/O fp32; returns what the manifest records.
 
     ``precision``: the ONNX's own precision, by default the request's (openvino's bf16 is a compile hint on an fp32
-    ONNX, so it asks for fp32). ``int8_rules`` / ``quantizer``: see :func:`reduce_precision`. ``out_dir`` is
-    created; the fp32 scratch export inside it is removed once the reduced-precision file is written and checked.
+    ONNX, so it asks for fp32). ``int8_rules`` / ``quantizer`` / ``keep_fp32_ops``: see :func:`reduce_precision`.
+    ``out_dir`` is created; the fp32 scratch export inside it is removed once the reduced-precision file is written
+    and checked.
     """
 
     request = ctx.request
@@ -104,6 +107,7 @@ def export_at_precision(
         calibration=calibration,
         int8_rules=int8_rules,
         quantizer=quantizer,
+        keep_fp32_ops=keep_fp32_ops,
     )
     shutil.rmtree(fp32_dir)
     return OnnxAtPrecision(exported, reduced)
@@ -119,6 +123,7 @@ def reduce_precision(
     calibration: CalibrationSet | None = None,
     int8_rules: str = "onnxruntime",
     quantizer: str = "ort",
+    keep_fp32_ops: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """fp32 ONNX in ``fp32_dir`` -> the ``precision`` ONNX in ``workdir``, checked; returns manifest details.
 
@@ -129,6 +134,8 @@ def reduce_precision(
     with zero point 0 only).
     ``quantizer``: who places int8 / fp8 Q/DQ for the tensorrt rules: "ort" (ONNX Runtime's quantizer) or
     "modelopt" (NVIDIA ModelOpt's ONNX PTQ, ``modelopt.py``).
+    ``keep_fp32_ops``: fp16 / bf16 only: op types the cast plan keeps fp32 everywhere (op type -> why; tensorrt-rtx
+    keeps ConvTranspose under bf16).
     """
     import onnx
 
@@ -147,8 +154,10 @@ def reduce_precision(
     if precision == "fp8" and int8_rules != "tensorrt":
         raise ConversionError("fp8 Q/DQ is built for TensorRT only (int8_rules='tensorrt')")
     tensorrt = int8_rules == "tensorrt"
+    if keep_fp32_ops and precision not in HALF_TYPES:
+        raise ConversionError(f"keep_fp32_ops applies to the fp16 / bf16 cast plan, not to {precision}")
     if precision in HALF_TYPES:
-        details = write_half(fp32_path, out_path, external_data, precision)
+        details = write_half(fp32_path, out_path, external_data, precision, keep_fp32_ops)
     elif quantizer == "modelopt":
         details = quantize_with_modelopt(
             precision,

@@ -32,12 +32,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sharp_export.errors import ConversionError
+from sharp_export.errors import ConversionError, UserInputError
 
 if TYPE_CHECKING:
     import onnx
 
     from sharp_export.artifact import IOSpec
+    from sharp_export.contract import ExportRequest
 
 
 @dataclass(frozen=True)
@@ -147,11 +148,16 @@ def _zero_points(graph: onnx.GraphProto) -> tuple[Counter, list[str]]:
     return types, nonzero
 
 
-def check_tensorrt_ready(onnx_path: Path, precision: str, release: str = DEFAULT_RELEASE) -> dict[str, Any]:
-    """Static checks of a TensorRT-ready ONNX; raises ConversionError listing every problem, else returns a summary."""
+def check_tensorrt_ready(
+    onnx_path: Path, precision: str, release: str | TensorRTRelease = DEFAULT_RELEASE
+) -> dict[str, Any]:
+    """Static checks of a TensorRT-ready ONNX; raises ConversionError listing every problem, else returns a summary.
+
+    ``release``: a ``--trt-compat`` name, or a parser's row (the tensorrt-rtx target passes TensorRT-RTX's).
+    """
     import onnx
 
-    target = TENSORRT_RELEASES[release]
+    target = release if isinstance(release, TensorRTRelease) else TENSORRT_RELEASES[release]
     model = onnx.load(str(onnx_path), load_external_data=False)
     graph = model.graph
     problems: list[str] = []
@@ -257,6 +263,20 @@ def shape_text(spec: Any, batch: int) -> str:
     """trtexec's shape syntax for one input: ``image:1x3x1536x1536``."""
     dims = [batch if isinstance(d, str) else int(d) for d in spec.shape]
     return f"{spec.name}:" + "x".join(str(d) for d in dims)
+
+
+# The --dynamic-batch profile maximum: TensorRT reserves activation memory for the largest shape of the profile,
+# so a generous maximum costs GPU memory in every execution context even when photos come one by one.
+DEFAULT_MAX_BATCH = 8
+
+
+def validate_max_batch(request: ExportRequest) -> None:
+    """--max-batch within 1..64, and only with --dynamic-batch (the tensorrt and tensorrt-rtx targets)."""
+    max_batch = int(request.options.get("max_batch", DEFAULT_MAX_BATCH))
+    if max_batch < 1 or max_batch > 64:
+        raise UserInputError(f"--max-batch {max_batch} must be within 1..64")
+    if max_batch != DEFAULT_MAX_BATCH and not request.dynamic_batch:
+        raise UserInputError("--max-batch applies to --dynamic-batch exports only", fix="add --dynamic-batch")
 
 
 def batch_profile(io: IOSpec, max_batch: int) -> tuple[int, int, int] | None:

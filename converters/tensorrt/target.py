@@ -5,7 +5,9 @@ of TensorRT 11 and an opt-in of TensorRT 10, so TensorRT builds exactly the prec
 precision flag is ever set.
 
 ``--no-build`` stops after the ONNX: the artifact holds ``model.onnx`` + ``model.onnx.data``, the manifest with
-the static checks and the ``trtexec`` line that builds the plan on the target machine (a Jetson, a server). Its
+the static checks and the ``trtexec`` line that builds the plan on the target machine (a Jetson, a server). Where
+TensorRT for RTX is installed, the ONNX is also parsed and built with it for the nearest RTX compute capability as a
+check (``converters/tensorrt_rtx/build.py`` ``rtx_check``; recorded as a TensorRT-RTX build, never as a plan). Its
 parity is checked with ONNX Runtime (fp32, fp16, int8, and fp8 as fake quantization), or structurally only for
 bf16 (ONNX Runtime's CPU kernels have no bf16). With a build, the plan file is written untouched (no header in
 front of it), so ``trtexec --loadEngine`` and any TensorRT runtime read it directly; everything about it lives
@@ -35,11 +37,13 @@ from sharp_export.converters.onnx.target import (
 )
 from sharp_export.converters.onnx.target import check_environment as check_onnx_environment
 from sharp_export.converters.tensorrt.ready import (
+    DEFAULT_MAX_BATCH,
     DEFAULT_RELEASE,
     TENSORRT_RELEASES,
     batch_profile,
     check_tensorrt_ready,
     trtexec_command,
+    validate_max_batch,
 )
 from sharp_export.errors import UserInputError
 from sharp_export.progress import echo
@@ -53,15 +57,27 @@ PLAN_FILE = "model.plan"
 TIMING_CACHE_FILE = "timing.cache"
 ONNX_SUBDIR = "onnx"  # where the ONNX sits inside a built artifact (removed unless --keep-onnx)
 INSTALL_HINT = "pip install 'sharp-export[tensorrt]' on a machine with NVIDIA's libraries"
-# The --dynamic-batch profile maximum: TensorRT reserves activation memory for the largest shape of the profile,
-# so a generous maximum costs GPU memory in every execution context even when photos come one by one.
-DEFAULT_MAX_BATCH = 8
 OPTIMIZATION_LEVELS = range(0, 6)  # TensorRT's builder optimisation levels; 3 is its default
 BF16_PARITY_NOTE = (
     "ONNX Runtime's CPU kernels have no bfloat16 (it refuses the first bf16 Mul), so the bf16 ONNX is checked "
     "structurally here (opset, op list, element types, casts, onnx full type check); its numbers can only be "
     "measured on TensorRT: run `sharp-export parity` on the built plan"
 )
+
+
+# Shared with the tensorrt-rtx target (same optimisation profile).
+MAX_BATCH_OPTION = TargetOption(
+    "max_batch", int, DEFAULT_MAX_BATCH, "largest batch of the --dynamic-batch profile (min 1, opt 1)"
+)
+
+
+def rtx_check_capability(release: str, precision: str) -> tuple[str, str]:
+    """The TensorRT-RTX compute capability closest to the --trt-compat target (TensorRT-RTX has no SM90, no Jetson)."""
+    if release == "10.3":
+        return "sm86", "Ampere, closest to Jetson Orin's SM87"
+    if precision == "fp8":
+        return "sm89", "the first FP8 compute capability; H100 is SM90, which TensorRT-RTX lacks"
+    return "sm80", "A100-class data-centre Ampere"
 
 
 def check_environment() -> str | None:
@@ -114,11 +130,7 @@ def validate(request: ExportRequest) -> None:
         raise UserInputError("--workspace-gb must be positive")
     if int(options.get("optimization_level", 3)) not in OPTIMIZATION_LEVELS:
         raise UserInputError("--optimization-level must be 0..5 (TensorRT's builder optimisation levels; 3 default)")
-    max_batch = int(options.get("max_batch", DEFAULT_MAX_BATCH))
-    if max_batch < 1 or max_batch > 64:
-        raise UserInputError(f"--max-batch {max_batch} must be within 1..64")
-    if max_batch != DEFAULT_MAX_BATCH and not request.dynamic_batch:
-        raise UserInputError("--max-batch applies to --dynamic-batch exports only", fix="add --dynamic-batch")
+    validate_max_batch(request)
     if options.get("hardware_compatible") and not release.hardware_compatible:
         raise UserInputError(
             f"--hardware-compatible is not available for {release.label}: hardware-compatible engines are for "
@@ -182,6 +194,20 @@ def convert(ctx: ConvertContext) -> ConvertResult:
     details["trtexec"] = command
     details["trtexec_note"] = "run in the artifact directory on the target machine (the plan is specific to it)"
     if not build:
+        if options.get("rtx_check", True):
+            from sharp_export.converters.tensorrt_rtx.build import rtx_check
+
+            capability, why = rtx_check_capability(release, precision)
+            details["tensorrt_rtx_check"] = rtx_check(
+                onnx_path,
+                ctx.io,
+                capability=capability,
+                why=why,
+                batch_shapes=profile,
+                resolution=int(ctx.io.inputs[0].shape[-1]),
+            )
+        else:
+            details["tensorrt_rtx_check"] = {"status": "not run", "reason": "--no-rtx-check"}
         echo(f"    --no-build: build the plan on the target machine with:\n      {command}")
         details["engine"] = None
         return ConvertResult(main_file=MODEL_FILE, details=details)
@@ -265,9 +291,7 @@ TENSORRT_TARGET = Target(
             "version_compatible", bool, False, "plan runs on later TensorRT versions too (lean runtime inside)"
         ),
         TargetOption("hardware_compatible", bool, False, "plan runs on any Ampere+ discrete GPU (may be slower)"),
-        TargetOption(
-            "max_batch", int, DEFAULT_MAX_BATCH, "largest batch of the --dynamic-batch profile (min 1, opt 1)"
-        ),
+        MAX_BATCH_OPTION,
         CALIB_SIZE_OPTION,
         TargetOption(
             "quantizer",
@@ -278,6 +302,13 @@ TENSORRT_TARGET = Target(
             choices=QUANTIZERS,
         ),
         TargetOption("keep_onnx", bool, False, "keep the TensorRT-ready ONNX in the built artifact (onnx/)"),
+        TargetOption(
+            "rtx_check",
+            bool,
+            True,
+            "with --no-build, where TensorRT-RTX is installed: parse and build the ONNX with it for the closest RTX "
+            "compute capability as a check (recorded as a TensorRT-RTX build; the engine is discarded)",
+        ),
     ),
     check_environment=check_environment,
     check_export_environment=check_export_environment,
