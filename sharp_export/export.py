@@ -41,12 +41,12 @@ from sharp_export.contract import (
 from sharp_export.env import environment_report
 from sharp_export.errors import ParityError, TargetUnavailableError, UserInputError
 from sharp_export.parity.compare import compare_gaussians
-from sharp_export.parity.runner_check import PARITY_NAME, check_with_runner
+from sharp_export.parity.runner_check import check_with_runner
 from sharp_export.parity.tolerances import profile_tolerances
 from sharp_export.pipeline import require_finite
 from sharp_export.progress import Stages, echo, peak_rss_gb
 from sharp_export.reference import checkpoint  # checkpoint.build_model: the one place weights are built
-from sharp_export.reference.gaussians import Gaussians3D, find_non_finite
+from sharp_export.reference.gaussians import Gaussians3D
 from sharp_export.registry import get_target
 from sharp_export.samples import example_inputs
 from sharp_export.targets import CALIBRATED_PRECISIONS, Target

@@ -44,8 +44,8 @@ def test_help_and_env_import_no_toolchain():
         "assert r.invoke(cli, ['onnx', '--help']).exit_code == 0; assert r.invoke(cli, ['env']).exit_code == 0; "
         "assert r.invoke(cli, ['view', '--help']).exit_code == 0; "
         "assert r.invoke(cli, ['batch', '--help']).exit_code == 0; "
-        "names = ('torch', 'onnx', 'onnxruntime', 'coremltools', 'tensorrt', 'tensorrt_rtx_bindings', 'openvino', 'viser', 'gsply', "
-        "'matplotlib', 'ray', 'pyarrow', 'executorch', 'torchao'); "
+        "names = ('torch', 'onnx', 'onnxruntime', 'coremltools', 'tensorrt', 'tensorrt_rtx_bindings', 'openvino', "
+        "'viser', 'gsply', 'matplotlib', 'ray', 'pyarrow', 'executorch', 'torchao'); "
         "heavy = [m for m in names if m in sys.modules]; "
         "print(heavy)"
     )
@@ -70,7 +70,20 @@ def test_unexpected_errors_are_one_line_with_exit_5(monkeypatch, tmp_path):
 def test_version_and_help_list_every_target():
     assert __version__ in invoke("--version").output
     text = invoke("--help").output
-    for name in ("predict", "render", "view", "run", "batch", "parity", "env", "onnx", "coreml", "tensorrt", "tensorrt-rtx", "executorch"):
+    for name in (
+        "predict",
+        "render",
+        "view",
+        "run",
+        "batch",
+        "parity",
+        "env",
+        "onnx",
+        "coreml",
+        "tensorrt",
+        "tensorrt-rtx",
+        "executorch",
+    ):
         assert f"  {name}" in text
 
 

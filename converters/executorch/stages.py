@@ -42,12 +42,16 @@ def _spn(predictor: nn.Module) -> nn.Module:
     return predictor.monodepth_model.monodepth_predictor.encoder
 
 
-class WholeModel(nn.Module):
-    """image, disparity_factor -> the five raw outputs (GAUSSIAN_FIELDS order): the unsplit program."""
+class _PredictorPart(nn.Module):
+    """One program's module: it holds the whole predictor (shared weights) and runs one part of it."""
 
     def __init__(self, predictor: nn.Module):
         super().__init__()
         self.predictor = predictor
+
+
+class WholeModel(_PredictorPart):
+    """image, disparity_factor -> the five raw outputs (GAUSSIAN_FIELDS order): the unsplit program."""
 
     def forward(
         self,
@@ -57,29 +61,17 @@ class WholeModel(nn.Module):
         return tuple(self.predictor(image, disparity_factor))
 
 
-class TilesStage(nn.Module):
-    def __init__(self, predictor: nn.Module):
-        super().__init__()
-        self.predictor = predictor
-
+class TilesStage(_PredictorPart):
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor]:  # image: [B, 3, R, R] in [0, 1]
         return (_spn(self.predictor).tile_pyramid(2.0 * image - 1.0),)  # [T*B, 3, p, p]; 2x-1 as the monodepth net
 
 
-class PatchEncoderStage(nn.Module):
-    def __init__(self, predictor: nn.Module):
-        super().__init__()
-        self.predictor = predictor
-
+class PatchEncoderStage(_PredictorPart):
     def forward(self, tiles: torch.Tensor) -> tuple[torch.Tensor, ...]:  # tiles: [P, 3, p, p]
         return tuple(_spn(self.predictor).encode_tiles(tiles))  # three [P, C, g, g]
 
 
-class ImageEncoderStage(nn.Module):
-    def __init__(self, predictor: nn.Module):
-        super().__init__()
-        self.predictor = predictor
-
+class ImageEncoderStage(_PredictorPart):
     def forward(
         self,
         image: torch.Tensor,  # [B, 3, R, R] in [0, 1]
@@ -92,21 +84,13 @@ class ImageEncoderStage(nn.Module):
         return tuple(spn.fuse(x, spn.merge_tile_maps(x, latent0_tiles, latent1_tiles, feature_tiles)))
 
 
-class DepthDecoderStage(nn.Module):
-    def __init__(self, predictor: nn.Module):
-        super().__init__()
-        self.predictor = predictor
-
+class DepthDecoderStage(_PredictorPart):
     def forward(self, *encodings: torch.Tensor) -> tuple[torch.Tensor]:  # ENCODINGS -> disparity [B, 2, R, R]
         net = self.predictor.monodepth_model.monodepth_predictor
         return (net.head(net.decoder(list(encodings))),)
 
 
-class GaussiansStage(nn.Module):
-    def __init__(self, predictor: nn.Module):
-        super().__init__()
-        self.predictor = predictor
-
+class GaussiansStage(_PredictorPart):
     def forward(
         self,
         image: torch.Tensor,  # [B, 3, R, R] in [0, 1]

@@ -258,6 +258,17 @@ def open_runner(artifact_dir: Path, manifest: Manifest, device: str = "cuda") ->
     return TensorRTRunner(Path(artifact_dir) / manifest.main_file, manifest, device)
 
 
+# Engines: TF32 fp32; fp16 / bf16 / int8 rows are the generic provisional ones (no TensorRT engine has run: no GPU
+# here); fp8's row is measured on the fp8 ONNX in ONNX Runtime. The --no-build ONNX is gated by the same rows when it
+# runs in ONNX Runtime. tensorrt-rtx uses the same rows.
+ENGINE_TOLERANCE_PROFILES = {
+    "fp32": "fp32-tf32",
+    "fp16": "fp16",
+    "bf16": "bf16",
+    "int8": "int8",
+    "fp8": "fp8-tensorrt",
+}
+
 TENSORRT_TARGET = Target(
     name="tensorrt",
     suffix=".plan",
@@ -317,15 +328,6 @@ TENSORRT_TARGET = Target(
     convert=convert,
     open_runner=open_runner,
     parity_hook=parity_hook,
-    # Engines: TF32 fp32; fp16 / bf16 / int8 rows are the generic provisional ones (no TensorRT measurement
-    # exists); fp8's row is measured on the fp8 ONNX in ONNX Runtime. The --no-build ONNX is gated by the same
-    # rows when it runs in ONNX Runtime.
-    tolerance_profiles={
-        "fp32": "fp32-tf32",
-        "fp16": "fp16",
-        "bf16": "bf16",
-        "int8": "int8",
-        "fp8": "fp8-tensorrt",
-    },
+    tolerance_profiles=ENGINE_TOLERANCE_PROFILES,
     validate=validate,
 )

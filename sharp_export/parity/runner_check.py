@@ -57,7 +57,12 @@ def check_with_runner(ctx: ParityContext, runner: Runner, meta: dict[str, Any] |
     if problem is not None:
         line = f"non-finite outputs: {problem.describe()} on the golden pattern"
         echo(f"    the artifact produced {problem.describe()}")
-        summary = {**summary, "status": "failed", "failures": [line, *summary["failures"]], "non_finite": asdict(problem)}
+        summary = {
+            **summary,
+            "status": "failed",
+            "failures": [line, *summary["failures"]],
+            "non_finite": asdict(problem),
+        }
         document = {**document, "non_finite": asdict(problem)}
     (ctx.artifact_dir / PARITY_NAME).write_text(json.dumps(document, indent=2) + "\n")
     return summary
