@@ -198,7 +198,9 @@ CALIBRATION_CACHE_ENV = "SHARP_EXPORT_CALIBRATION_CACHE"
 
 def ranges_cache_key(fp32_path: Path, calibration: CalibrationSet, op_types: Sequence[str]) -> str:
     """sha256 over the fp32 graph's nodes and initializer names / shapes, its external data file, the calibration
-    set's hash and the op types (not over metadata_props, which carry the export command)."""
+    set's hash and the op types. Not over the model's metadata_props (they carry the export command) nor each node's
+    metadata_props / doc_string: the exporter writes there the Python stack trace and class paths of the code that
+    traced it, so the key would change with the checkout's folder and with any line moved in the model's source."""
     import hashlib
 
     import onnx
@@ -208,7 +210,11 @@ def ranges_cache_key(fp32_path: Path, calibration: CalibrationSet, op_types: Seq
     digest = hashlib.sha256()
     graph = onnx.load(str(fp32_path), load_external_data=False).graph
     for node in graph.node:
-        digest.update(node.SerializeToString())
+        bare = onnx.NodeProto()
+        bare.CopyFrom(node)
+        del bare.metadata_props[:]
+        bare.ClearField("doc_string")
+        digest.update(bare.SerializeToString())
     for tensor in graph.initializer:
         digest.update(f"{tensor.name}:{list(tensor.dims)}:{tensor.data_type}".encode())
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
