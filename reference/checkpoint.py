@@ -269,6 +269,29 @@ def build_model(
     return LoadedModel(model, preset, path, sha, seed, precision)
 
 
+# The golden bundle's perturbation (tests/data/golden_tiny/README.md, "Weights"): seed-0 weights plus Gaussian noise
+# from torch.Generator().manual_seed(1), drawn tensor by tensor in state_dict order, std 0.5 for prediction_head.*
+# and 0.02 for every other tensor. Seed 0 alone is a degenerate test vector (a zero prediction head makes every
+# Gaussian delta 0; docs/architecture.md section 12); these weights are the real one, at every preset.
+PERTURB_SEED = 1
+PERTURB_STD_HEAD = 0.5
+PERTURB_STD = 0.02
+
+
+def perturb_state_dict(state: dict[str, torch.Tensor], seed: int = PERTURB_SEED) -> dict[str, torch.Tensor]:
+    """The bundle's recipe applied to ``state`` (a model's state_dict, in its own order), in place; returns it.
+
+    Deterministic: the same weights in give the same bytes out (one CPU generator, one draw per tensor in order).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    for key, value in state.items():
+        std = PERTURB_STD_HEAD if key.startswith("prediction_head.") else PERTURB_STD
+        noise = torch.randn(value.shape, generator=generator, dtype=value.dtype)
+        value.add_(noise.mul_(std))
+        del noise
+    return state
+
+
 def autocast_context(loaded: LoadedModel, device: torch.device):
     """The autocast context for ``loaded.precision`` (a no-op for fp32)."""
     import contextlib

@@ -197,3 +197,34 @@ def test_calibration_flags_are_checked_before_work(tmp_path, monkeypatch, args, 
     monkeypatch.setattr(checkpoint, "build_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("work")))
     result = invoke(["--preset", "tiny", "--seed", "0", "-o", str(tmp_path / "a"), *args])
     _one_line(result, 1, *fragments)
+
+
+def test_calibration_ranges_cache_is_opt_in_and_exact(tmp_path, monkeypatch, weights):
+    """$SHARP_EXPORT_CALIBRATION_CACHE keeps the MinMax ranges of one (graph, weights, photos, op types): a second
+    export of the same weights reads them back bit for bit; other photos get another key."""
+    from sharp_export.calibration.dataset import load_calibration_set
+    from sharp_export.converters.onnx.quantize import (
+        CALIBRATION_CACHE_ENV,
+        INT8_OP_TYPES,
+        cached_minmax_ranges,
+        ranges_cache_key,
+    )
+
+    out = tmp_path / "fp32"
+    assert invoke(["--preset", "tiny", "-c", str(weights), "-o", str(out), "--no-parity"]).exit_code == 0
+    model = out / "model.onnx"
+    two = load_calibration_set("samples", 384, 2)
+    monkeypatch.delenv(CALIBRATION_CACHE_ENV, raising=False)
+    computed, source = cached_minmax_ranges(model, two, INT8_OP_TYPES)
+    assert source == "computed" and not list(tmp_path.glob("cache/*"))
+    monkeypatch.setenv(CALIBRATION_CACHE_ENV, str(tmp_path / "cache"))
+    first, source = cached_minmax_ranges(model, two, INT8_OP_TYPES)
+    assert source.startswith("computed, cached as minmax_")
+    again, source = cached_minmax_ranges(model, two, INT8_OP_TYPES)
+    assert source.startswith("cache minmax_")
+    assert set(again) == set(computed) == set(first)
+    for name, (lo, hi) in computed.items():
+        assert again[name][0] == lo and again[name][1] == hi, name
+    assert ranges_cache_key(model, load_calibration_set("samples", 384, 3), INT8_OP_TYPES) != ranges_cache_key(
+        model, two, INT8_OP_TYPES
+    )

@@ -190,6 +190,66 @@ def minmax_ranges(fp32_path: Path, calibration: CalibrationSet, op_types: Sequen
     return {t: (np.array(low[t], dtype=np.float32), np.array(high[t], dtype=np.float32)) for t in tensors}
 
 
+# Opt-in cache of MinMax ranges: a folder named by this variable keeps one JSON per (fp32 graph, weights, calibration
+# set, op types), so re-exports of the same weights (another target, --float-ops, the TensorRT rules) skip the
+# calibration pass (~2 fp32 forwards per photo: 4-7 minutes per photo at full size on 2 cores).
+CALIBRATION_CACHE_ENV = "SHARP_EXPORT_CALIBRATION_CACHE"
+
+
+def ranges_cache_key(fp32_path: Path, calibration: CalibrationSet, op_types: Sequence[str]) -> str:
+    """sha256 over the fp32 graph's nodes and initializer names / shapes, its external data file, the calibration
+    set's hash and the op types. Not over the model's metadata_props (they carry the export command) nor each node's
+    metadata_props / doc_string: the exporter writes there the Python stack trace and class paths of the code that
+    traced it, so the key would change with the checkout's folder and with any line moved in the model's source."""
+    import hashlib
+
+    import onnx
+
+    from sharp_export.reference.hashing import sha256_file
+
+    digest = hashlib.sha256()
+    graph = onnx.load(str(fp32_path), load_external_data=False).graph
+    for node in graph.node:
+        bare = onnx.NodeProto()
+        bare.CopyFrom(node)
+        del bare.metadata_props[:]
+        bare.ClearField("doc_string")
+        digest.update(bare.SerializeToString())
+    for tensor in graph.initializer:
+        digest.update(f"{tensor.name}:{list(tensor.dims)}:{tensor.data_type}".encode())
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            digest.update(tensor.raw_data)
+    data = fp32_path.with_name(fp32_path.name + ".data")
+    digest.update((sha256_file(data) if data.exists() else "inline").encode())
+    digest.update(f"{calibration.sha256}:{','.join(op_types)}".encode())
+    return digest.hexdigest()
+
+
+def cached_minmax_ranges(fp32_path: Path, calibration: CalibrationSet, op_types: Sequence[str]) -> tuple[dict, str]:
+    """:func:`minmax_ranges`, read from / written to ``$SHARP_EXPORT_CALIBRATION_CACHE`` when that is set; returns
+    the ranges and where they came from (for the manifest)."""
+    import json
+
+    import numpy as np
+
+    folder = os.environ.get(CALIBRATION_CACHE_ENV)
+    if not folder:
+        return minmax_ranges(fp32_path, calibration, op_types), "computed"
+    key = ranges_cache_key(fp32_path, calibration, op_types)
+    path = Path(folder) / f"minmax_{key}.json"
+    if path.is_file():
+        echo(f"    int8: calibration ranges read from {path} (${CALIBRATION_CACHE_ENV})")
+        found = json.loads(path.read_text())
+        ranges = {t: (np.array(lo, dtype=np.float32), np.array(hi, dtype=np.float32)) for t, (lo, hi) in found.items()}
+        return ranges, f"cache {path.name}"
+    ranges = minmax_ranges(fp32_path, calibration, op_types)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_text(json.dumps({t: [float(lo), float(hi)] for t, (lo, hi) in ranges.items()}))
+    tmp.replace(path)
+    return ranges, f"computed, cached as {path.name}"
+
+
 class _DropPreprocessHint(logging.Filter):
     """ORT warns on every call that the model was not run through its quant_pre_process; that step (symbolic
     shape inference + graph optimisation) is not needed here: the dynamo export carries full shape information."""
@@ -255,11 +315,12 @@ def quantize_int8(
     )
     reader = calibration_reader(calibration)
     cache = None
+    ranges_source = "calibrator of onnxruntime"
     if method == "minmax":
         from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
 
         cache = out_path.with_name(out_path.name + ".calibration.json")
-        ranges = minmax_ranges(fp32_path, calibration, op_types)
+        ranges, ranges_source = cached_minmax_ranges(fp32_path, calibration, op_types)
         save_tensors_data(TensorsData(CalibrationMethod.MinMax, ranges), cache)
         reader = None  # quantize_static reads the ranges from the cache and runs no calibrator of its own
     try:
@@ -293,6 +354,7 @@ def quantize_int8(
         "quantization": "onnxruntime.quantization.quantize_static, QDQ"
         + (" (ranges from sharp-export's low-memory MinMax pass)" if method == "minmax" else ""),
         "calibration_method": method,
+        "calibration_ranges": ranges_source,
         "op_types_quantized": list(op_types),
         "quantized_nodes": dict(counts),
         "weights": "int8, symmetric, per output channel" + (" (7-bit range)" if reduce_range else ""),
