@@ -1,7 +1,7 @@
 """Throughput of `sharp-export batch` on this machine, against a plain `sharp-export run` loop.
 
     python benchmarks/bench_batch.py --preset tiny [--images 40]
-    flock /work/heavy.lock python benchmarks/bench_batch.py --preset sharp --artifact /path/to/openvino_bf16 --images 6
+    python benchmarks/bench_batch.py --preset sharp --artifact /path/to/openvino_bf16 --images 6
 
 Each configuration is one fresh command in a child process on the same photos (the bundled sample photos, copied
 round-robin under distinct names), into an empty output folder:

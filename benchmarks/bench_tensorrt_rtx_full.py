@@ -1,6 +1,6 @@
 """Full-size TensorRT-RTX engines built on the CPU: build time, engine size and peak RSS per precision.
 
-    flock /work/heavy.lock python benchmarks/bench_tensorrt_rtx_full.py [--precisions fp16 int8 fp8]
+    python benchmarks/bench_tensorrt_rtx_full.py [--precisions fp16 int8 fp8]
         [--compute-capability sm89] [--preset sharp] [--workdir DIR] [--keep]
 
 Each precision is one `sharp-export tensorrt-rtx` export (``run_export``) in its own fresh process: seed-0 UNTRAINED
@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import save  # noqa: E402
+from common import RESULTS, save  # noqa: E402
 
 EXPORT = """
 import json, resource, time
@@ -48,6 +48,7 @@ print(json.dumps(dict(
     onnx_export_s=m.conversion.get("export_seconds"),
     onnx_bytes=m.conversion.get("file_bytes") or m.conversion.get("files"),
     calibration=m.conversion.get("calibration"),
+    calibration_ranges=m.conversion.get("calibration_ranges"), quantize_s=m.conversion.get("quantize_seconds"),
     tensorrt_rtx_version=rtx["tensorrt_rtx_version"], compute_capabilities=rtx["compute_capabilities"],
     network_layers=rtx["network"]["layers"], parse_s=rtx["parse_seconds"], build_s=rtx["build_seconds"],
     engine_bytes=rtx["engine_bytes"], engine_sha256=rtx["engine_sha256"],
@@ -76,6 +77,13 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="rtx-bench-", dir=args.workdir))
     name = args.name or f"tensorrt_rtx_{args.preset}"
     rows: dict = {}
+    # Precisions measured by an earlier run (same preset and compute capability) are kept unless asked again: a
+    # calibrated precision takes ~30 min here, so they are measured in separate runs.
+    earlier = RESULTS / f"{name}.json"
+    if earlier.is_file():
+        before = json.loads(earlier.read_text())
+        if (before.get("preset"), before.get("compute_capability")) == (args.preset, args.compute_capability):
+            rows.update({p: row for p, row in before.get("results", {}).items() if p not in args.precisions})
 
     def write(complete: bool) -> None:
         """Saved after every precision: a run stopped later (out of memory on a shared machine) keeps the rows done."""
@@ -89,6 +97,7 @@ def main() -> None:
                 "compute_capability": args.compute_capability,
                 "precisions_asked": args.precisions,
                 "complete": complete,
+                "calibration_cache": "SHARP_EXPORT_CALIBRATION_CACHE" in os.environ,
                 "results": rows,
             },
         )
@@ -106,7 +115,7 @@ def main() -> None:
             print(precision, {k: v for k, v in rows[precision].items() if k != "files"}, flush=True)
             if not args.keep:
                 shutil.rmtree(out)
-            write(complete=len(rows) == len(args.precisions))
+            write(complete=all(p in rows for p in args.precisions))
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
