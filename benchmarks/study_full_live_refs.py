@@ -3,7 +3,7 @@
     python benchmarks/study_full_live_refs.py WEIGHTS.safetensors OUT_DIR
 
 Writes OUT_DIR/pattern.npz (the five Gaussian fields, the disparity, the inputs) and OUT_DIR/pattern_prerelu.npy
-(the disparity head's last conv output, before its ReLU). Full preset: ~8 GB; run under the heavy lock.
+(the disparity head's last conv output, before its ReLU). Full preset: ~8 GB; run it alone on a small machine.
 """
 
 import sys
