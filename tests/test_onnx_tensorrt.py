@@ -173,6 +173,22 @@ def test_fp8_no_build_is_float8_qdq_rescaled_from_the_int8_graph(artifacts):
     assert 1e-2 < rows["means_rel_depth"]["p99"] < 0.11  # measured 7.3e-2 (E4M3: 3 mantissa bits)
 
 
+def test_static_check_reads_zero_points_from_external_data(tmp_path, artifacts, monkeypatch):
+    # At full size the fp8 graph's per-channel zero points are large enough to go into model.onnx.data; the check
+    # must read them from beside the model, not from the working directory (the full-size fp8 export failed so).
+    from onnx.external_data_helper import set_external_data
+
+    model = onnx.load(str(artifacts["fp8"] / "model.onnx"))
+    moved = [t for t in model.graph.initializer if t.name.endswith("zero_point")]
+    for tensor in moved:
+        set_external_data(tensor, "model.onnx.data")  # written there by save_model, as the full-size export does
+    onnx.save_model(model, str(tmp_path / "model.onnx"))
+    assert len(moved) > 50 and (tmp_path / "model.onnx.data").stat().st_size > 0
+    monkeypatch.chdir(tmp_path.parent)
+    qdq = check_tensorrt_ready(tmp_path / "model.onnx", "fp8")["qdq"]
+    assert qdq["zero_point_types"] == {"float8e4m3fn": qdq["QuantizeLinear"] + qdq["DequantizeLinear"]}
+
+
 def test_static_check_refuses_onnxruntime_int8_and_a_too_new_opset(tmp_path, artifacts):
     # The onnx target's int8 (uint8 activations with nonzero zero points, int32 biases) is not TensorRT-ready.
     onnx_int8 = run_export(ExportRequest(target="onnx", output=tmp_path / "ort8", preset="tiny", checkpoint=WEIGHTS,

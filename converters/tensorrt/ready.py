@@ -125,7 +125,7 @@ def _attribute(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
     return default
 
 
-def _zero_points(graph: onnx.GraphProto) -> tuple[Counter, list[str]]:
+def _zero_points(graph: onnx.GraphProto, folder: Path) -> tuple[Counter, list[str]]:
     """Element types of the Q/DQ zero points, and the nodes whose zero point is not all zeros."""
     from onnx import numpy_helper
 
@@ -143,7 +143,8 @@ def _zero_points(graph: onnx.GraphProto) -> tuple[Counter, list[str]]:
             nonzero.append(f"{node.name} (zero point not an initializer)")
             continue
         types[TENSORRT_ELEM_TYPES.get(tensor.data_type, str(tensor.data_type))] += 1
-        if numpy_helper.to_array(tensor).any():
+        # Large zero points (fp8's per-channel ones at full size) sit in the external data file beside the model.
+        if numpy_helper.to_array(tensor, base_dir=str(folder)).any():
             nonzero.append(node.name)
     return types, nonzero
 
@@ -210,7 +211,7 @@ def check_tensorrt_ready(
     qdq = {"QuantizeLinear": op_types.get("QuantizeLinear", 0), "DequantizeLinear": op_types.get("DequantizeLinear", 0)}
     if precision in QUANTIZED_TYPE:
         wanted = QUANTIZED_TYPE[precision]
-        zero_point_types, nonzero = _zero_points(graph)
+        zero_point_types, nonzero = _zero_points(graph, onnx_path.parent)
         qdq["zero_point_types"] = dict(zero_point_types)
         if set(zero_point_types) != {wanted}:
             problems.append(f"Q/DQ zero points must be {wanted} for {precision}, found {dict(zero_point_types)}")
