@@ -62,6 +62,15 @@ class ConvertContext:
     io: IOSpec  # the I/O the artifact must expose (names, shapes with "batch" when dynamic)
     metadata: dict[str, str]  # small key/values for the native format's metadata (ONNX metadata_props, ...)
 
+    def release_model(self) -> None:
+        """Drop the torch model once the target has what it needs from it (the ONNX-based targets: right after the
+        fp32 ONNX is written). run_export keeps no other reference, so its ~3 GB of fp32 weights (full preset) are
+        freed before calibration and conversion; ``model`` is None from here on."""
+        import gc
+
+        self.model = None  # type: ignore[assignment]
+        gc.collect()
+
 
 @dataclass
 class ConvertResult:

@@ -131,8 +131,19 @@ def default_parity_hook(ctx: ParityContext) -> dict[str, Any]:
 
 
 def _reference_outputs(model: torch.nn.Module, example: ExampleInputs) -> Gaussians3D:
+    """The fp32 torch outputs on the example. On the CPU in channels-last, as TorchRunner: the full preset peaks
+    at 6.4 GB instead of 8.5 GB (oneDNN's blocked copies of NCHW convolutions, benchmarks/results/
+    cpu_paths_full_amx.json); the model goes back to NCHW after, since the exporters trace it."""
+    channels_last = example.image.device.type == "cpu"
     with torch.no_grad():
-        out = model(example.image, example.disparity_factor)
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+        try:
+            image = example.image.contiguous(memory_format=torch.channels_last) if channels_last else example.image
+            out = model(image, example.disparity_factor)
+        finally:
+            if channels_last:
+                model.to(memory_format=torch.contiguous_format)
     reference = Gaussians3D(*(t.detach().clone() for t in out))
     require_finite(reference, "the golden test pattern", producer="the model", artifact=False)
     return reference
@@ -204,10 +215,12 @@ def run_export(
                 proxy = None if outputs is None else gate_proxy(profile, outputs, reference)
         io = raw_io_spec(resolution, "batch" if request.dynamic_batch else 1)
         ctx = ConvertContext(model, example, request, workdir, io, native_metadata(request, source))
+        # From here the context holds the only reference to the torch model (3 GB at full size): a target may drop
+        # it mid-conversion (ctx.release_model), and the runner that checks parity gets that memory back after.
+        del model, loaded
         with stages.stage(f"convert to {target.name}"):
             result = target.convert(ctx)
-        # The torch model can weigh 3 GB; the runner that checks parity needs that memory.
-        del ctx, model, loaded
+        del ctx
         gc.collect()
         manifest = Manifest(
             source=source,

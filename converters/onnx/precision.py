@@ -96,6 +96,9 @@ def export_at_precision(
         external_data=external_data,
         metadata=ctx.metadata,
     )
+    # Everything after this reads the ONNX file: free the torch weights before calibration, quantization and the
+    # target's own conversion (full preset, OpenVINO int8 export: benchmarks/results/export_memory_full.json).
+    ctx.release_model()
     if precision == "fp32":
         return OnnxAtPrecision(exported, None)
     reduced = reduce_precision(
@@ -108,6 +111,7 @@ def export_at_precision(
         int8_rules=int8_rules,
         quantizer=quantizer,
         keep_fp32_ops=keep_fp32_ops,
+        calibration_runtime=str(request.options.get("calib_runtime") or "auto"),
     )
     shutil.rmtree(fp32_dir)
     return OnnxAtPrecision(exported, reduced)
@@ -124,6 +128,7 @@ def reduce_precision(
     int8_rules: str = "onnxruntime",
     quantizer: str = "ort",
     keep_fp32_ops: Mapping[str, str] | None = None,
+    calibration_runtime: str = "auto",
 ) -> dict[str, Any]:
     """fp32 ONNX in ``fp32_dir`` -> the ``precision`` ONNX in ``workdir``, checked; returns manifest details.
 
@@ -136,6 +141,7 @@ def reduce_precision(
     "modelopt" (NVIDIA ModelOpt's ONNX PTQ, ``modelopt.py``).
     ``keep_fp32_ops``: fp16 / bf16 only: op types the cast plan keeps fp32 everywhere (op type -> why; tensorrt-rtx
     keeps ConvTranspose under bf16).
+    ``calibration_runtime``: who runs the int8 / fp8 MinMax pass (``quantize.CALIBRATION_RUNTIMES``).
     """
     import onnx
 
@@ -169,7 +175,14 @@ def reduce_precision(
         )
     elif precision == "int8":
         rules = TENSORRT_INT8_OPTIONS if tensorrt else ONNXRUNTIME_INT8_OPTIONS
-        details = quantize_int8(fp32_path, out_path, calibration, external_data=external_data, **rules)
+        details = quantize_int8(
+            fp32_path,
+            out_path,
+            calibration,
+            external_data=external_data,
+            calibration_runtime=calibration_runtime,
+            **rules,
+        )
         if tensorrt:
             details["biases"] = "fp32 (TensorRT fuses them; its DequantizeLinear takes no int32)"
         else:
@@ -180,7 +193,12 @@ def reduce_precision(
         scratch = workdir / ".int8_for_fp8"
         scratch.mkdir()
         details = quantize_int8(
-            fp32_path, scratch / MODEL_FILE, calibration, external_data=external_data, **TENSORRT_INT8_OPTIONS
+            fp32_path,
+            scratch / MODEL_FILE,
+            calibration,
+            external_data=external_data,
+            calibration_runtime=calibration_runtime,
+            **TENSORRT_INT8_OPTIONS,
         )
         details.update(int8_qdq_to_fp8(scratch / MODEL_FILE, fp32_path, out_path, external_data=external_data))
         shutil.rmtree(scratch)

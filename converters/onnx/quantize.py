@@ -16,7 +16,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -131,21 +131,35 @@ def calibration_tensors(model: onnx.ModelProto, op_types: Sequence[str]) -> list
     return list(names)
 
 
-def minmax_ranges(fp32_path: Path, calibration: CalibrationSet, op_types: Sequence[str]) -> dict[str, tuple]:
-    """MinMax calibration with a bounded memory footprint: tensor name -> (lowest, highest) over the set.
+# Who runs the calibration graph (``--calib-runtime``). OpenVINO with the bf16 hint on the full preset, 2-core
+# Xeon with AMX: ~20 s a photo at ~7 GB, against ~110-250 s and 15.5 GB for ONNX Runtime fp32 (its session holds
+# fp32 activations; benchmarks/results/export_memory_full.json). The ranges then come from bf16 activations: on
+# the full preset they differ from the fp32 ranges by at most CALIBRATION_BF16_RANGE_NOTE's figure, well inside
+# one uint8 step of the tensor's range (1/255 = 0.39 %) for most tensors. "auto" = openvino when installed.
+CALIBRATION_RUNTIMES = ("auto", "openvino", "onnxruntime")
 
-    onnxruntime's own MinMax calibrator holds a second in-memory copy of the weights, runs its session with the
-    memory arena on and graph optimisations off, and measured 23.8 GB (killed) on the full preset here. This one
-    adds a ReduceMin / ReduceMax pair after each tensor to a weight-less copy of the graph saved beside the fp32
-    model (so it reads the same external data file), and runs it with the arena off, like the runner.
-    """
-    import numpy as np
+
+def resolve_calibration_runtime(choice: str) -> str:
+    """``auto`` -> openvino when it is installed, else onnxruntime; an explicit choice must be installed."""
+    import importlib.util
+
+    if choice not in CALIBRATION_RUNTIMES:
+        raise ConversionError(f"calibration runtime must be one of {', '.join(CALIBRATION_RUNTIMES)}, not {choice!r}")
+    installed = importlib.util.find_spec("openvino") is not None
+    if choice == "auto":
+        return "openvino" if installed else "onnxruntime"
+    if choice == "openvino" and not installed:
+        raise MissingDependencyError("openvino", "openvino", "calibrating with --calib-runtime openvino")
+    return choice
+
+
+def _augmented_with_reductions(fp32_path: Path, tensors: Sequence[str]) -> tuple[Path, list[str]]:
+    """A weight-less copy of the fp32 graph with a ReduceMin / ReduceMax pair right after each tensor, saved beside
+    the fp32 model (so it reads the same external data file); returns its path and the reductions' output names."""
     import onnx
-    import onnxruntime
     from onnx import helper
 
     model = onnx.load(str(fp32_path), load_external_data=False)
-    tensors = calibration_tensors(model, op_types)
     graph = model.graph
     producer_index = {out: i for i, node in enumerate(graph.node) for out in node.output}
     after: dict[int, list[onnx.NodeProto]] = {}
@@ -165,7 +179,12 @@ def minmax_ranges(fp32_path: Path, calibration: CalibrationSet, op_types: Sequen
     graph.output.extend(outputs)
     augmented = fp32_path.with_name(fp32_path.stem + ".calibration.onnx")
     onnx.save_model(model, str(augmented))  # weights stay in the fp32 model's external file (or inline when small)
-    del model, graph, nodes
+    return augmented, [o.name for o in outputs]
+
+
+def _onnxruntime_session(augmented: Path, names: list[str]) -> tuple[Callable[[dict], list], str]:
+    import onnxruntime
+
     options = onnxruntime.SessionOptions()
     options.enable_cpu_mem_arena = False
     options.intra_op_num_threads = os.cpu_count() or 1
@@ -174,20 +193,76 @@ def minmax_ranges(fp32_path: Path, calibration: CalibrationSet, op_types: Sequen
     # Kahn sort that breaks ties by node index: each reduction, placed right after its producer, runs next.
     options.execution_order = onnxruntime.ExecutionOrder.PRIORITY_BASED
     session = onnxruntime.InferenceSession(str(augmented), options, providers=["CPUExecutionProvider"])
-    names = [o.name for o in outputs]
-    low = {t: np.inf for t in tensors}
-    high = {t: -np.inf for t in tensors}
-    for number, (image, factor) in enumerate(zip(calibration.images, calibration.disparity_factors, strict=True), 1):
-        start = time.perf_counter()
-        values = session.run(names, {"image": image.numpy(), "disparity_factor": factor.numpy()})
-        found = dict(zip(names, values, strict=True))
-        for name in tensors:
-            low[name] = min(low[name], float(found[f"{name}__calib_ReduceMin"]))
-            high[name] = max(high[name], float(found[f"{name}__calib_ReduceMax"]))
-        echo(f"    calibration {number}/{len(calibration)}: {time.perf_counter() - start:.1f} s, RSS {rss_gb():.1f} GB")
-    del session
-    augmented.unlink()
-    return {t: (np.array(low[t], dtype=np.float32), np.array(high[t], dtype=np.float32)) for t in tensors}
+    return (lambda feeds: session.run(names, feeds)), f"onnxruntime {onnxruntime.__version__} fp32"
+
+
+def _openvino_request(augmented: Path, names: list[str]) -> tuple[Callable[[dict], list], str]:
+    import openvino as ov
+
+    core = ov.Core()
+    core.set_property({"ENABLE_MMAP": False})  # as the runner: the compiled model keeps its own weights only
+    config = {"INFERENCE_PRECISION_HINT": "bf16", "NUM_STREAMS": "1"}
+    threads = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if threads.isdigit() and int(threads) > 0:
+        config["INFERENCE_NUM_THREADS"] = threads
+    model = core.read_model(str(augmented))
+    compiled = core.compile_model(model, "CPU", config)
+    del model
+    effective = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+    precision = "bf16" if ("bf16" in effective or "bfloat16" in effective) else "f32"  # f32 on CPUs without bf16
+    request = compiled.create_infer_request()
+
+    def run(feeds: dict) -> list:
+        request.infer(feeds)
+        return [request.get_tensor(name).data.copy() for name in names]
+
+    return run, f"openvino {ov.__version__} {precision}"
+
+
+def minmax_ranges(
+    fp32_path: Path, calibration: CalibrationSet, op_types: Sequence[str], runtime: str = "onnxruntime"
+) -> tuple[dict[str, tuple], str]:
+    """MinMax calibration with a bounded memory footprint: tensor name -> (lowest, highest) over the set, and the
+    runtime that computed them (e.g. "openvino 2026.4 bf16", for the manifest).
+
+    onnxruntime's own MinMax calibrator holds a second in-memory copy of the weights, runs its session with the
+    memory arena on and graph optimisations off, and measured 23.8 GB (killed) on the full preset here. This one
+    runs a copy of the graph whose only outputs are a ReduceMin / ReduceMax pair per tensor
+    (:func:`_augmented_with_reductions`), so no activation outlives its consumers; ``runtime`` ("onnxruntime":
+    fp32, arena off; "openvino": bf16 hint where the CPU has it) runs it.
+    """
+    import numpy as np
+
+    tensors = calibration_tensors(_load_graph_only(fp32_path), op_types)
+    augmented, names = _augmented_with_reductions(fp32_path, tensors)
+    try:
+        run, runtime_label = (_openvino_request if runtime == "openvino" else _onnxruntime_session)(augmented, names)
+        echo(f"    calibration runs on {runtime_label} ({len(tensors)} tensors), RSS {rss_gb():.1f} GB")
+        low = {t: np.inf for t in tensors}
+        high = {t: -np.inf for t in tensors}
+        for number, (image, factor) in enumerate(
+            zip(calibration.images, calibration.disparity_factors, strict=True), 1
+        ):
+            start = time.perf_counter()
+            found = dict(zip(names, run({"image": image.numpy(), "disparity_factor": factor.numpy()}), strict=True))
+            for name in tensors:
+                low[name] = min(low[name], float(found[f"{name}__calib_ReduceMin"]))
+                high[name] = max(high[name], float(found[f"{name}__calib_ReduceMax"]))
+            echo(
+                f"    calibration {number}/{len(calibration)}: {time.perf_counter() - start:.1f} s, "
+                f"RSS {rss_gb():.1f} GB"
+            )
+        del run
+    finally:
+        augmented.unlink(missing_ok=True)
+    ranges = {t: (np.array(low[t], dtype=np.float32), np.array(high[t], dtype=np.float32)) for t in tensors}
+    return ranges, runtime_label
+
+
+def _load_graph_only(fp32_path: Path) -> onnx.ModelProto:
+    import onnx
+
+    return onnx.load(str(fp32_path), load_external_data=False)
 
 
 # Opt-in cache of MinMax ranges: a folder named by this variable keeps one JSON per (fp32 graph, weights, calibration
@@ -196,11 +271,14 @@ def minmax_ranges(fp32_path: Path, calibration: CalibrationSet, op_types: Sequen
 CALIBRATION_CACHE_ENV = "SHARP_EXPORT_CALIBRATION_CACHE"
 
 
-def ranges_cache_key(fp32_path: Path, calibration: CalibrationSet, op_types: Sequence[str]) -> str:
+def ranges_cache_key(
+    fp32_path: Path, calibration: CalibrationSet, op_types: Sequence[str], runtime: str = "onnxruntime"
+) -> str:
     """sha256 over the fp32 graph's nodes and initializer names / shapes, its external data file, the calibration
-    set's hash and the op types. Not over the model's metadata_props (they carry the export command) nor each node's
-    metadata_props / doc_string: the exporter writes there the Python stack trace and class paths of the code that
-    traced it, so the key would change with the checkout's folder and with any line moved in the model's source."""
+    set's hash, the op types and the runtime (bf16 and fp32 activations give slightly different ranges). Not over
+    the model's metadata_props (they carry the export command) nor each node's metadata_props / doc_string: the
+    exporter writes there the Python stack trace and class paths of the code that traced it, so the key would
+    change with the checkout's folder and with any line moved in the model's source."""
     import hashlib
 
     import onnx
@@ -222,10 +300,14 @@ def ranges_cache_key(fp32_path: Path, calibration: CalibrationSet, op_types: Seq
     data = fp32_path.with_name(fp32_path.name + ".data")
     digest.update((sha256_file(data) if data.exists() else "inline").encode())
     digest.update(f"{calibration.sha256}:{','.join(op_types)}".encode())
+    if runtime != "onnxruntime":  # keys written before the runtime choice existed stay valid for onnxruntime
+        digest.update(runtime.encode())
     return digest.hexdigest()
 
 
-def cached_minmax_ranges(fp32_path: Path, calibration: CalibrationSet, op_types: Sequence[str]) -> tuple[dict, str]:
+def cached_minmax_ranges(
+    fp32_path: Path, calibration: CalibrationSet, op_types: Sequence[str], runtime: str = "onnxruntime"
+) -> tuple[dict, str]:
     """:func:`minmax_ranges`, read from / written to ``$SHARP_EXPORT_CALIBRATION_CACHE`` when that is set; returns
     the ranges and where they came from (for the manifest)."""
     import json
@@ -234,20 +316,21 @@ def cached_minmax_ranges(fp32_path: Path, calibration: CalibrationSet, op_types:
 
     folder = os.environ.get(CALIBRATION_CACHE_ENV)
     if not folder:
-        return minmax_ranges(fp32_path, calibration, op_types), "computed"
-    key = ranges_cache_key(fp32_path, calibration, op_types)
+        ranges, label = minmax_ranges(fp32_path, calibration, op_types, runtime)
+        return ranges, f"computed on {label}"
+    key = ranges_cache_key(fp32_path, calibration, op_types, runtime)
     path = Path(folder) / f"minmax_{key}.json"
     if path.is_file():
         echo(f"    int8: calibration ranges read from {path} (${CALIBRATION_CACHE_ENV})")
         found = json.loads(path.read_text())
         ranges = {t: (np.array(lo, dtype=np.float32), np.array(hi, dtype=np.float32)) for t, (lo, hi) in found.items()}
-        return ranges, f"cache {path.name}"
-    ranges = minmax_ranges(fp32_path, calibration, op_types)
+        return ranges, f"cache {path.name} ({runtime})"
+    ranges, label = minmax_ranges(fp32_path, calibration, op_types, runtime)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".part")
     tmp.write_text(json.dumps({t: [float(lo), float(hi)] for t, (lo, hi) in ranges.items()}))
     tmp.replace(path)
-    return ranges, f"computed, cached as {path.name}"
+    return ranges, f"computed on {label}, cached as {path.name}"
 
 
 class _DropPreprocessHint(logging.Filter):
@@ -281,8 +364,11 @@ def quantize_int8(
     extra_options: dict[str, Any] | None = None,
     activations: str = "uint8",
     reduce_range: bool = False,
+    calibration_runtime: str = "auto",
 ) -> dict[str, Any]:
     """Static QDQ int8 of the fp32 model at ``fp32_path`` into ``out_path``; returns manifest details.
+
+    ``calibration_runtime``: who runs the MinMax pass (CALIBRATION_RUNTIMES; "auto" = openvino when installed).
 
     ``activations``: "uint8" (asymmetric, ONNX Runtime's best on CPU) or "int8" (symmetric, zero point 0: what
     TensorRT requires of every Q/DQ pair).
@@ -320,7 +406,8 @@ def quantize_int8(
         from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
 
         cache = out_path.with_name(out_path.name + ".calibration.json")
-        ranges, ranges_source = cached_minmax_ranges(fp32_path, calibration, op_types)
+        runtime = resolve_calibration_runtime(calibration_runtime)
+        ranges, ranges_source = cached_minmax_ranges(fp32_path, calibration, op_types, runtime)
         save_tensors_data(TensorsData(CalibrationMethod.MinMax, ranges), cache)
         reader = None  # quantize_static reads the ranges from the cache and runs no calibrator of its own
     try:

@@ -46,6 +46,16 @@ CALIB_SIZE_OPTION = TargetOption(
     "(default: 8, or all when fewer)",
 )
 
+CALIB_RUNTIME_OPTION = TargetOption(
+    "calib_runtime",
+    str,
+    "auto",
+    "int8 / fp8: who runs the calibration photos through the fp32 graph to collect activation ranges: openvino "
+    "(bf16 where the CPU has it: about 5x faster and half the memory of onnxruntime at full size) or onnxruntime "
+    "(fp32); auto = openvino when installed",
+    choices=("auto", "openvino", "onnxruntime"),
+)
+
 
 def check_environment() -> str | None:
     reason = missing_packages({"onnx": "onnx", "onnxruntime": "onnxruntime", "onnxscript": "onnxscript"})
@@ -73,8 +83,13 @@ def validate_opset(request: ExportRequest) -> None:
 def validate_calibration(request: ExportRequest, calibrated: tuple[str, ...] = ("int8",)) -> None:
     """--calib-data / --calib-size only with a ``calibrated`` precision; the folder is listed (not decoded) first."""
     calib_size = request.options.get("calib_size")
+    calib_runtime = request.options.get("calib_runtime") or "auto"
     if request.precision not in calibrated:
-        for given, flag in ((request.calib_data is not None, "--calib-data"), (calib_size is not None, "--calib-size")):
+        for given, flag in (
+            (request.calib_data is not None, "--calib-data"),
+            (calib_size is not None, "--calib-size"),
+            (calib_runtime != "auto", "--calib-runtime"),
+        ):
             if given:
                 choices = " or ".join(f"--precision {p}" for p in calibrated)
                 raise UserInputError(
@@ -148,6 +163,7 @@ ONNX_TARGET = Target(
             choices=("auto", "always", "never"),
         ),
         CALIB_SIZE_OPTION,
+        CALIB_RUNTIME_OPTION,
     ),
     check_environment=check_environment,
     convert=convert,

@@ -29,7 +29,13 @@ from typing import TYPE_CHECKING, Any
 
 from sharp_export.contract import ConvertContext, ConvertResult, ExportRequest
 from sharp_export.converters.onnx.graph import MODEL_FILE as ONNX_FILE
-from sharp_export.converters.onnx.target import CALIB_SIZE_OPTION, OPSET_OPTION, validate_calibration, validate_opset
+from sharp_export.converters.onnx.target import (
+    CALIB_RUNTIME_OPTION,
+    CALIB_SIZE_OPTION,
+    OPSET_OPTION,
+    validate_calibration,
+    validate_opset,
+)
 from sharp_export.errors import TOOLCHAIN_OUTPUT_HINT, ConversionError, UserInputError
 from sharp_export.progress import echo, heartbeat, rss_gb
 from sharp_export.targets import Target, TargetOption, missing_packages
@@ -162,7 +168,7 @@ OPENVINO_TARGET = Target(
     supports_dynamic_batch=True,
     supports_calibration=True,
     devices=("cpu",),
-    options=(OPSET_OPTION, CALIB_SIZE_OPTION, FLOAT_OPS_OPTION),
+    options=(OPSET_OPTION, CALIB_SIZE_OPTION, CALIB_RUNTIME_OPTION, FLOAT_OPS_OPTION),
     tolerance_profiles={"bf16": "bf16-openvino", "int8": "int8-openvino"},
     option_tolerance_profiles={("int8", "float_ops", "bf16"): "int8-bf16-openvino"},
     check_environment=check_environment,

@@ -29,6 +29,7 @@ from sharp_export.converters.onnx.graph import DEFAULT_OPSET, MODEL_FILE
 from sharp_export.converters.onnx.modelopt import INSTALL_HINT as MODELOPT_INSTALL_HINT
 from sharp_export.converters.onnx.modelopt import MODELOPT_PRECISIONS, QUANTIZERS, check_modelopt
 from sharp_export.converters.onnx.target import (
+    CALIB_RUNTIME_OPTION,
     CALIB_SIZE_OPTION,
     OPSET_OPTION,
     require_ort_cuda,
@@ -304,6 +305,7 @@ TENSORRT_TARGET = Target(
         TargetOption("hardware_compatible", bool, False, "plan runs on any Ampere+ discrete GPU (may be slower)"),
         MAX_BATCH_OPTION,
         CALIB_SIZE_OPTION,
+        CALIB_RUNTIME_OPTION,
         TargetOption(
             "quantizer",
             str,

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from sharp_export.contract import ConvertContext, ConvertResult, ExportRequest, ParityContext
 from sharp_export.converters.onnx.graph import MODEL_FILE
 from sharp_export.converters.onnx.target import (
+    CALIB_RUNTIME_OPTION,
     CALIB_SIZE_OPTION,
     OPSET_OPTION,
     validate_calibration,
@@ -217,6 +218,7 @@ TENSORRT_RTX_TARGET = Target(
         ),
         MAX_BATCH_OPTION,
         CALIB_SIZE_OPTION,
+        CALIB_RUNTIME_OPTION,
         TargetOption("keep_onnx", bool, False, "keep the TensorRT-ready ONNX the engine was built from (onnx/)"),
     ),
     check_environment=check_environment,

@@ -1,0 +1,166 @@
+"""Full-size exports as a user runs them: wall time, peak memory of the whole process tree, calibration time and the
+export's own parity summary, one `sharp-export <target>` command per row.
+
+    python benchmarks/bench_export_memory.py --checkpoint PERTURBED.safetensors [--rows openvino-int8-bf16 ...]
+        [--workdir DIR] [--keep]
+
+Each row runs the CLI in a fresh process (``sharp-export <target> -o DIR --preset sharp -c CHECKPOINT ...``) with
+the export's own parity check on (golden pattern, the artifact's runner against torch fp32). While it runs, the
+resident memory of the command and every child it starts is summed every 0.25 s (``tree_peak_rss_gb``: what the
+machine must hold, including short-lived helper processes); ``export_peak_rss_gb`` is the export process's own
+``ru_maxrss``, as its manifest records it. The
+calibration seconds are the quantizer's (``quantize_seconds``: the MinMax pass + ONNX Runtime's quantize_static).
+
+Rows are merged into ``benchmarks/results/export_memory_full.json`` (a later run replaces only the rows it ran, and
+each row keeps its own date), so one row can be re-measured without the others.
+
+Use the perturbed full-size weights (benchmarks/make_perturbed_weights.py): seed-0 weights leave the prediction head
+zero and hide the decoder's error (docs/full-size-precision.md). Needs up to ~9 GB RAM per row and ~8 GB disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, machine_info  # noqa: E402
+
+NAME = "export_memory_full"
+# row -> (target, precision, extra CLI arguments)
+ROWS: dict[str, tuple[str, str, list[str]]] = {
+    "openvino-int8-bf16": ("openvino", "int8", ["--calib-data", "samples", "--float-ops", "bf16"]),
+    "openvino-int8-bf16-ort-calibration": (
+        "openvino",
+        "int8",
+        ["--calib-data", "samples", "--float-ops", "bf16", "--calib-runtime", "onnxruntime"],
+    ),
+    "openvino-int8": ("openvino", "int8", ["--calib-data", "samples"]),
+    "openvino-bf16": ("openvino", "bf16", []),
+    "openvino-fp32": ("openvino", "fp32", []),
+    "onnx-fp32": ("onnx", "fp32", []),
+    "onnx-fp16": ("onnx", "fp16", []),
+    "onnx-int8": ("onnx", "int8", ["--calib-data", "samples"]),
+    "tensorrt-fp16": ("tensorrt", "fp16", ["--no-build"]),
+    "tensorrt-int8": ("tensorrt", "int8", ["--no-build", "--calib-data", "samples"]),
+}
+
+
+def tree_rss_bytes(pid: int) -> int:
+    """Resident bytes of ``pid`` and all its descendants (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            rss[int(entry.name)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")  # field 24: rss in pages
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        total += rss.get(current, 0)
+        todo.extend(children.get(current, []))
+    return total
+
+
+def run_row(name: str, checkpoint: Path, workdir: Path, keep: bool, preset: str = "sharp") -> dict:
+    target, precision, extra = ROWS[name]
+    out = workdir / name
+    command = ["sharp-export", target, "-o", str(out), "--preset", preset, "-c", str(checkpoint),
+               "--precision", precision, "--force", *extra]  # fmt: skip
+    print("$ " + " ".join(command), flush=True)
+    log = workdir / f"{name}.log"
+    start = time.perf_counter()
+    peak = 0
+    with log.open("w") as stream:
+        process = subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT)
+        done = threading.Event()
+
+        def sample() -> None:
+            nonlocal peak
+            while not done.wait(0.25):
+                peak = max(peak, tree_rss_bytes(process.pid))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        code = process.wait()
+        done.set()
+        sampler.join()
+    seconds = time.perf_counter() - start
+    row: dict = {
+        "command": " ".join(command[:2] + ["-o", "DIR"] + command[4:]),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "exit_code": code,
+        "wall_s": round(seconds, 1),
+        "tree_peak_rss_gb": round(peak / 1e9, 2),
+        "log_tail": log.read_text().splitlines()[-3:],
+    }
+    manifest_path = out / "manifest.json"
+    if manifest_path.is_file():
+        manifest = json.loads(manifest_path.read_text())
+        conversion = manifest["conversion"]
+        row["stage_seconds"] = conversion.get("stage_seconds")
+        row["export_peak_rss_gb"] = conversion.get("peak_rss_gb")
+        row["artifact_bytes"] = sum(f["size"] for f in manifest["files"].values())
+        reduced = conversion.get("int8") or conversion
+        for key in ("calibration_ranges", "quantize_seconds"):
+            if key in reduced:
+                row[key] = reduced[key]
+        parity = manifest.get("parity") or {}
+        row["parity"] = {"status": parity.get("status"), "failures": parity.get("failures")}
+        details = out / "parity.json"
+        if details.is_file():  # the export's check: golden pattern, the artifact's runner against torch fp32
+            document = json.loads(details.read_text())
+            row["parity"]["tolerance_profile"] = document["meta"].get("tolerance_profile")
+            row["parity"]["attributes"] = {
+                f"{a['attribute']}.{a['metric']}": {k: a[k] for k in ("p99", "max", "tolerance", "passed")}
+                for a in document["attributes"]
+            }
+    row["calibration_lines"] = [line.strip() for line in log.read_text().splitlines() if "calibration" in line][:8]
+    if not keep:
+        shutil.rmtree(out, ignore_errors=True)
+    print(json.dumps({k: v for k, v in row.items() if k != "calibration_lines"}), flush=True)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", type=Path, required=True, help="full-size weights (the perturbed ones)")
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--keep", action="store_true", help="keep the artifacts (under --workdir)")
+    parser.add_argument("--preset", default="sharp", help="tiny: a smoke run of this script (saved under another name)")
+    args = parser.parse_args()
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="export-memory-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{NAME}.json" if args.preset == "sharp" else workdir / f"{NAME}_{args.preset}.json"
+    payload = json.loads(path.read_text()) if path.is_file() else {"benchmark": NAME, "rows": {}}
+    payload.update(
+        what="full-size exports (preset sharp) with their parity check on, one CLI command per row in a fresh "
+        f"process (preset {args.preset}); int8 calibrated on the 5 bundled sample photos; tree_peak_rss_gb sums "
+        "the command and its children",
+        checkpoint=args.checkpoint.name,
+        machine=machine_info(),
+    )
+    for name in args.rows:
+        payload["rows"][name] = run_row(name, args.checkpoint, workdir, args.keep, args.preset)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(payload, indent=2) + "\n")  # after every row: a killed run keeps what it measured
+    print(f"saved {path}")
+
+
+if __name__ == "__main__":
+    main()
