@@ -1,7 +1,18 @@
-"""OpenVINORunner: an OpenVINO IR artifact on the CPU, compiled with the artifact's precision hint."""
+"""OpenVINORunner: an OpenVINO IR artifact on the CPU, compiled with the artifact's precision hint.
+
+Compiling the full-preset IR takes ~8 s on a 2-core Xeon (bf16 hint; more under load). OpenVINO can keep the
+compiled model (``CACHE_DIR``) and import it next time in ~2.5 s: the runner keeps one such blob per (artifact
+files, OpenVINO version, CPU, precision hint, threads) under ``~/.cache/sharp-export/openvino/`` (measured in
+benchmarks/results/openvino_compile_cache_full.json). ``$SHARP_EXPORT_OPENVINO_CACHE`` moves it, or turns it off
+with ``off``. The newest OPENVINO_CACHE_KEEP blobs are kept (a full-preset blob weighs ~2.5 GB).
+"""
 
 from __future__ import annotations
 
+import hashlib
+import os
+import platform
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,13 +24,64 @@ from sharp_export.reference.gaussians import Gaussians3D
 from sharp_export.runtime.base import Runner, omp_threads, outputs_to_gaussians
 
 INT8_LAYER_TYPES = ("Convolution", "Deconvolution", "FullyConnected", "MatMul")  # OpenVINO CPU layer types
+OPENVINO_CACHE_ENV = "SHARP_EXPORT_OPENVINO_CACHE"  # a folder, or "off"
+OPENVINO_CACHE_KEEP = 3  # compiled blobs kept; older ones are removed when a new one is written
+
+
+def _cpu_signature() -> str:
+    """The CPU model name and its flags (a blob compiled for one ISA must not be imported on another)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor() or platform.machine()
+    model = next((line for line in lines if line.startswith("model name")), "")
+    flags = next((line for line in lines if line.startswith(("flags", "Features"))), "")
+    return f"{platform.machine()}|{model}|{flags}"
+
+
+def compiled_cache_dir(model_path: Path, artifact_key: str, config: dict[str, str]) -> Path | None:
+    """The folder OpenVINO keeps this artifact's compiled model in, or None when the cache is off.
+
+    ``artifact_key``: what identifies the artifact's content (its manifest's file hashes). The model.bin's size and
+    modification time are added, so a file replaced behind the manifest's back is compiled afresh, as are another
+    OpenVINO, another CPU and other compile settings.
+    """
+    import openvino as ov
+
+    from sharp_export.reference.checkpoint import cache_dir
+
+    setting = os.environ.get(OPENVINO_CACHE_ENV, "").strip()
+    if setting.lower() in ("off", "0", "no", "false"):
+        return None
+    root = Path(setting) if setting else cache_dir() / "openvino"
+    weights = model_path.with_suffix(".bin")
+    stat = weights.stat() if weights.exists() else None
+    parts = [artifact_key, str(stat and (stat.st_size, stat.st_mtime_ns)), ov.__version__, _cpu_signature(),
+             repr(sorted(config.items()))]  # fmt: skip
+    key = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
+    return root / key
+
+
+def _prune(root: Path, keep: int, current: Path) -> None:
+    """Remove all but the ``keep`` most recently used blob folders (``current`` is always kept)."""
+    folders = sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in [p for p in folders if p != current][max(keep - 1, 0) :]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 class OpenVINORunner(Runner):
     def __init__(
-        self, model_path: Path, io: IOSpec, device: str = "cpu", precision_hint: str = "f32", int8: bool = False
+        self,
+        model_path: Path,
+        io: IOSpec,
+        device: str = "cpu",
+        precision_hint: str = "f32",
+        int8: bool = False,
+        cache_key: str | None = None,
     ):
         super().__init__(io, device)
+        self.cache_key = cache_key  # the artifact's identity for the compiled-model cache; None: never cached
+        self.cache_state: str | None = None  # "off", "written" or "imported", known once open
         self.int8 = int8  # an int8 (FakeQuantize) IR: warn if nothing compiles to int8 kernels
         self.model_path = Path(model_path)
         self.precision_hint = precision_hint  # "f32" or "bf16" (INFERENCE_PRECISION_HINT)
@@ -39,14 +101,24 @@ class OpenVINORunner(Runner):
         }
         if threads := omp_threads():  # else OpenVINO's choice
             config["INFERENCE_NUM_THREADS"] = str(threads)
-        # Read without mmap and compile from the model object, then drop it: the compiled model keeps only its own
-        # (repacked) weights. Compiling from the path keeps the fp32 model.bin mapped and resident. Full preset,
-        # bf16 hint, Xeon with AMX: peak RSS 7.09 GB from the path, 6.11 GB this way (f32 hint: 9.18 -> 8.20 GB).
+        # Read without mmap: the compiled model keeps only its own (repacked) weights. Full preset, bf16 hint, Xeon
+        # with AMX: peak RSS 7.09 GB with the fp32 model.bin mapped, 6.11 GB without (f32 hint: 9.18 -> 8.20 GB).
         core = ov.Core()
         core.set_property({"ENABLE_MMAP": False})
-        model = core.read_model(str(self.model_path))
-        compiled = core.compile_model(model, "CPU", config)
-        del model
+        cache = compiled_cache_dir(self.model_path, self.cache_key, config) if self.cache_key else None
+        if cache is None:
+            self.cache_state = "off"
+            model = core.read_model(str(self.model_path))
+            compiled = core.compile_model(model, "CPU", config)
+            del model
+        else:
+            # From the path, so that OpenVINO looks the blob up by the file instead of hashing the whole graph.
+            self.cache_state = "imported" if cache.is_dir() and any(cache.iterdir()) else "written"
+            cache.mkdir(parents=True, exist_ok=True)
+            compiled = core.compile_model(str(self.model_path), "CPU", {**config, "CACHE_DIR": str(cache)})
+            os.utime(cache)  # most recently used
+            _prune(cache.parent, OPENVINO_CACHE_KEEP, cache)
+            echo(f"    OpenVINO compiled model {self.cache_state} ({cache}; ${OPENVINO_CACHE_ENV}=off disables)")
         # OpenVINO quietly compiles f32 where the CPU has no bf16 (no AVX-512 BF16 / AMX): say so, since a bf16
         # artifact's numbers (latency, error) then are not bf16's.
         effective = str(compiled.get_property("INFERENCE_PRECISION_HINT"))

@@ -8,6 +8,7 @@ types it names are annotations only) and not torch.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,10 +67,17 @@ class ConvertContext:
         """Drop the torch model once the target has what it needs from it (the ONNX-based targets: right after the
         fp32 ONNX is written). run_export keeps no other reference, so its ~3 GB of fp32 weights (full preset) are
         freed before calibration and conversion; ``model`` is None from here on."""
+        import ctypes
         import gc
+        import sys
 
         self.model = None  # type: ignore[assignment]
         gc.collect()
+        if sys.platform.startswith("linux"):
+            # glibc keeps freed heap pages of the process (most weights are below its mmap threshold once it has
+            # grown): hand them back, or the RSS stays where it was (full preset: 3.5 GB before and after).
+            with contextlib.suppress(OSError, AttributeError):
+                ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 @dataclass

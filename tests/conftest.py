@@ -39,6 +39,18 @@ def find_golden_dir() -> Path:
     return GOLDEN_DATA
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _openvino_cache_in_tmp(tmp_path_factory):
+    """OpenVINO runners keep compiled models under ~/.cache by default: the suite keeps them in its own tmp."""
+    previous = os.environ.get("SHARP_EXPORT_OPENVINO_CACHE")
+    os.environ["SHARP_EXPORT_OPENVINO_CACHE"] = str(tmp_path_factory.mktemp("openvino_cache"))
+    yield
+    if previous is None:
+        os.environ.pop("SHARP_EXPORT_OPENVINO_CACHE", None)
+    else:
+        os.environ["SHARP_EXPORT_OPENVINO_CACHE"] = previous
+
+
 @pytest.fixture(scope="session")
 def golden_dir() -> Path:
     return find_golden_dir()

@@ -101,6 +101,47 @@ def test_matches_ml_sharp_golden(exported, golden_dir):
         assert worst["means_rel_depth"].p99 > 1e-4  # bf16 really ran: fp32 would be ~0
 
 
+def test_compiled_model_cache_is_reused_and_invalidated(exported, tmp_path, monkeypatch):
+    """The runner keeps the compiled model in $SHARP_EXPORT_OPENVINO_CACHE: a second open imports it and gives the
+    same outputs bit for bit; a model.bin replaced (new mtime) compiles into a new entry; 'off' writes nothing; only
+    the newest OPENVINO_CACHE_KEEP entries stay."""
+    import os
+
+    from sharp_export.runtime.openvino_runner import OPENVINO_CACHE_ENV, OPENVINO_CACHE_KEEP
+    from sharp_export.samples import example_inputs
+
+    manifest = read_manifest(exported)
+    example = example_inputs(int(manifest.preprocessing["resolution"]), 1)
+    cache = tmp_path / "cache"
+    monkeypatch.setenv(OPENVINO_CACHE_ENV, str(cache))
+
+    def run_once():
+        runner = open_runner(exported)
+        with runner:
+            outputs = runner.infer(example.image, example.disparity_factor)
+        return runner.cache_state, outputs
+
+    state, first = run_once()
+    assert state == "written" and len(list(cache.iterdir())) == 1
+    assert sum(f.stat().st_size for f in cache.rglob("*") if f.is_file()) > 100_000  # a real compiled blob
+    state, second = run_once()
+    assert state == "imported" and len(list(cache.iterdir())) == 1
+    for a, b in zip(first, second, strict=True):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    weights = exported / "model.bin"
+    stat = weights.stat()
+    for step in range(1, OPENVINO_CACHE_KEEP + 1):  # a replaced file: a new entry each time, the oldest pruned
+        os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + step * 1_000_000_000))
+        state, _ = run_once()
+        assert state == "written"
+    assert len(list(cache.iterdir())) == OPENVINO_CACHE_KEEP
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    monkeypatch.setenv(OPENVINO_CACHE_ENV, "off")
+    before = sorted(cache.iterdir())
+    state, _ = run_once()
+    assert state == "off" and sorted(cache.iterdir()) == before
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [

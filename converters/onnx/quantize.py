@@ -162,13 +162,32 @@ def _augmented_with_reductions(fp32_path: Path, tensors: Sequence[str]) -> tuple
     model = onnx.load(str(fp32_path), load_external_data=False)
     graph = model.graph
     producer_index = {out: i for i, node in enumerate(graph.node) for out in node.output}
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in (*graph.value_info, *graph.input, *graph.output)}
+    axes_inputs: dict[int, str] = {}
     after: dict[int, list[onnx.NodeProto]] = {}
     outputs = []
     for name in tensors:
+        rank = ranks.get(name, 0)
         for op in ("ReduceMin", "ReduceMax"):
             out = f"{name}__calib_{op}"
-            node = helper.make_node(op, [name], [out], name=out, keepdims=0)
-            after.setdefault(producer_index.get(name, -1), []).append(node)
+            steps = []
+            if rank >= 3:
+                # Two steps, the same extreme: first over every axis but the channels (axis 1) with the dims kept,
+                # then over the small rest. OpenVINO reduces a blocked-layout activation over its spatial axes in
+                # place but copies it to reduce it to one value: measured ~2x cheaper (a 38M-value conv output,
+                # bf16, 2 cores: 42 ms against 81 ms for the pair).
+                if rank not in axes_inputs:
+                    axes_inputs[rank] = f"calib_axes_rank{rank}"
+                    axes = [0, *range(2, rank)]
+                    graph.initializer.append(
+                        helper.make_tensor(axes_inputs[rank], onnx.TensorProto.INT64, [len(axes)], axes)
+                    )
+                partial = f"{out}__partial"
+                steps.append(helper.make_node(op, [name, axes_inputs[rank]], [partial], name=partial, keepdims=1))
+                steps.append(helper.make_node(op, [partial], [out], name=out, keepdims=0))
+            else:
+                steps.append(helper.make_node(op, [name], [out], name=out, keepdims=0))
+            after.setdefault(producer_index.get(name, -1), []).extend(steps)
             outputs.append(helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, []))
     nodes = list(after.get(-1, []))
     for index, node in enumerate(graph.node):
@@ -176,6 +195,10 @@ def _augmented_with_reductions(fp32_path: Path, tensors: Sequence[str]) -> tuple
         nodes.extend(after.get(index, []))
     del graph.node[:]
     graph.node.extend(nodes)
+    # The reductions are the only outputs, in graph order. OpenVINO orders execution depth first from the outputs:
+    # with the network's own outputs first, every reduction ran after the whole network, no activation could be
+    # freed, and compiling the full preset asked for 91 GB. (The tail that feeds only those outputs is pruned.)
+    del graph.output[:]
     graph.output.extend(outputs)
     augmented = fp32_path.with_name(fp32_path.stem + ".calibration.onnx")
     onnx.save_model(model, str(augmented))  # weights stay in the fp32 model's external file (or inline when small)

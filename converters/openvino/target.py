@@ -156,7 +156,12 @@ def open_runner(artifact_dir: Path, manifest: Manifest, device: str = "cpu") -> 
 
     hint = inference_precision(manifest.precision, manifest.options)
     path = Path(artifact_dir) / manifest.main_file
-    return OpenVINORunner(path, manifest.io, device, hint, int8=manifest.precision == "int8")
+    # The compiled-model cache knows the artifact by its files' hashes (none yet while the export checks parity: the
+    # manifest is written after, so the export's own check compiles without the cache).
+    model_files = {MODEL_FILE, Path(MODEL_FILE).with_suffix(".bin").name}
+    hashes = sorted(f"{name}:{entry.get('sha256')}" for name, entry in manifest.files.items() if name in model_files)
+    cache_key = "|".join(hashes) if hashes else None
+    return OpenVINORunner(path, manifest.io, device, hint, int8=manifest.precision == "int8", cache_key=cache_key)
 
 
 OPENVINO_TARGET = Target(
