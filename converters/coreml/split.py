@@ -28,13 +28,10 @@ from torch import nn
 from sharp_export.converters.coreml.capture import DEFAULT_PINNED, REGION_NETWORK, REGION_TAIL
 from sharp_export.converters.coreml.fp16_proxy import Fp16Plan, Fp16Rounding, fp16_copy, rounding
 from sharp_export.reference.model.composer import GaussianGrids
+from sharp_export.reference.model.monodepth import SPN_ENCODING_NAMES
 
 PATCH_MAPS = ("latent0", "latent1", "x0_features", "x1_features", "x2_features")
-ENCODINGS = tuple(f"encoding{i}" for i in range(5))
-
-
-def _spn(predictor: nn.Module) -> nn.Module:
-    return predictor.monodepth_model.monodepth_predictor.encoder
+ENCODINGS = SPN_ENCODING_NAMES
 
 
 class PatchEncoderPiece(nn.Module):
@@ -45,7 +42,7 @@ class PatchEncoderPiece(nn.Module):
         self.predictor = predictor
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:  # image: [B, 3, R, R] in [0, 1]
-        return tuple(_spn(self.predictor).encode_patches(2.0 * image - 1.0))  # 2x-1: the monodepth normaliser
+        return tuple(self.predictor.spn_encoder.encode_patches(2.0 * image - 1.0))  # 2x-1: the monodepth normaliser
 
 
 class MonodepthPiece(nn.Module):

@@ -32,14 +32,11 @@ from torch import nn
 
 from sharp_export.reference.gaussians import GAUSSIAN_FIELDS
 from sharp_export.reference.model.composer import flatten_grids
+from sharp_export.reference.model.monodepth import SPN_ENCODING_NAMES
 
 TILE_MAPS = ("latent0_tiles", "latent1_tiles", "feature_tiles")
-ENCODINGS = tuple(f"encoding{i}" for i in range(5))
+ENCODINGS = SPN_ENCODING_NAMES
 MAX_PATCH_BATCH = 8  # tiles per patch-encoder run at most: the largest divisor of the tile count up to this
-
-
-def _spn(predictor: nn.Module) -> nn.Module:
-    return predictor.monodepth_model.monodepth_predictor.encoder
 
 
 class _PredictorPart(nn.Module):
@@ -63,12 +60,13 @@ class WholeModel(_PredictorPart):
 
 class TilesStage(_PredictorPart):
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor]:  # image: [B, 3, R, R] in [0, 1]
-        return (_spn(self.predictor).tile_pyramid(2.0 * image - 1.0),)  # [T*B, 3, p, p]; 2x-1 as the monodepth net
+        # [T*B, 3, p, p]; 2x-1 as the monodepth net
+        return (self.predictor.spn_encoder.tile_pyramid(2.0 * image - 1.0),)
 
 
 class PatchEncoderStage(_PredictorPart):
     def forward(self, tiles: torch.Tensor) -> tuple[torch.Tensor, ...]:  # tiles: [P, 3, p, p]
-        return tuple(_spn(self.predictor).encode_tiles(tiles))  # three [P, C, g, g]
+        return tuple(self.predictor.spn_encoder.encode_tiles(tiles))  # three [P, C, g, g]
 
 
 class ImageEncoderStage(_PredictorPart):
@@ -79,7 +77,7 @@ class ImageEncoderStage(_PredictorPart):
         latent1_tiles: torch.Tensor,
         feature_tiles: torch.Tensor,
     ) -> tuple[torch.Tensor, ...]:  # ENCODINGS, finest first
-        spn = _spn(self.predictor)
+        spn = self.predictor.spn_encoder
         x = 2.0 * image - 1.0
         return tuple(spn.fuse(x, spn.merge_tile_maps(x, latent0_tiles, latent1_tiles, feature_tiles)))
 

@@ -222,12 +222,13 @@ def _onnxruntime_session(augmented: Path, names: list[str]) -> tuple[Callable[[d
 def _openvino_request(augmented: Path, names: list[str]) -> tuple[Callable[[dict], list], str]:
     import openvino as ov
 
+    from sharp_export.runtime.base import omp_threads
+
     core = ov.Core()
     core.set_property({"ENABLE_MMAP": False})  # as the runner: the compiled model keeps its own weights only
     config = {"INFERENCE_PRECISION_HINT": "bf16", "NUM_STREAMS": "1"}
-    threads = os.environ.get("OMP_NUM_THREADS", "").strip()
-    if threads.isdigit() and int(threads) > 0:
-        config["INFERENCE_NUM_THREADS"] = threads
+    if threads := omp_threads():  # else OpenVINO's choice, as the runner
+        config["INFERENCE_NUM_THREADS"] = str(threads)
     model = core.read_model(str(augmented))
     compiled = core.compile_model(model, "CPU", config)
     del model

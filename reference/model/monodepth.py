@@ -14,6 +14,10 @@ from .blocks import MultiresConvDecoder
 from .encoder import SlidingPyramidNetwork
 from .params import MonodepthParams
 
+# Names of the five SPN maps (MonodepthOutput.encodings, finest first) where a split export passes them between
+# programs (Core ML components, ExecuTorch stages).
+SPN_ENCODING_NAMES = tuple(f"encoding{i}" for i in range(5))
+
 
 class MonodepthOutput(NamedTuple):
     disparity: torch.Tensor  # [B, 2, S, S] focal-normalised inverse depth of the two layers, >= 0

@@ -67,6 +67,11 @@ class RGBGaussianPredictor(nn.Module):
     def resolution(self) -> int:
         return self.params.resolution
 
+    @property
+    def spn_encoder(self) -> nn.Module:
+        """The monodepth network's sliding-pyramid encoder (the split exports run its parts on their own)."""
+        return self.monodepth_model.monodepth_predictor.encoder
+
     def forward_grids(
         self,
         image: torch.Tensor,  # [B, 3, S, S] RGB in [0, 1]
