@@ -6,10 +6,10 @@ export's own parity summary, one `sharp-export <target>` command per row.
 
 Each row runs the CLI in a fresh process (``sharp-export <target> -o DIR --preset sharp -c CHECKPOINT ...``) with
 the export's own parity check on (golden pattern, the artifact's runner against torch fp32). While it runs, the
-resident memory of the command and every child it starts is summed every 0.25 s (``tree_peak_rss_gb``: what the
-machine must hold, including short-lived helper processes); ``export_peak_rss_gb`` is the export process's own
-``ru_maxrss``, as its manifest records it. The
-calibration seconds are the quantizer's (``quantize_seconds``: the MinMax pass + ONNX Runtime's quantize_static).
+proportional memory (PSS) of the command and of every child it starts is summed every 0.25 s
+(``tree_peak_pss_gb``: what the machine must hold, helper processes included); ``export_peak_rss_gb`` is the export
+process's own ``ru_maxrss``, as its manifest records it. The calibration seconds are the quantizer's
+(``quantize_seconds``: the MinMax pass + ONNX Runtime's quantize_static).
 
 Rows are merged into ``benchmarks/results/export_memory_full.json`` (a later run replaces only the rows it ran, and
 each row keeps its own date), so one row can be re-measured without the others.
@@ -22,18 +22,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import threading
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, machine_info  # noqa: E402
+from common import RESULTS, machine_info, run_tree_sampled  # noqa: E402
 
 NAME = "export_memory_full"
 # row -> (target, precision, extra CLI arguments)
@@ -55,27 +51,6 @@ ROWS: dict[str, tuple[str, str, list[str]]] = {
 }
 
 
-def tree_rss_bytes(pid: int) -> int:
-    """Resident bytes of ``pid`` and all its descendants (Linux /proc)."""
-    children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            rss[int(entry.name)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")  # field 24: rss in pages
-            children.setdefault(int(fields[1]), []).append(int(entry.name))
-        except (OSError, IndexError, ValueError):
-            continue
-    total, todo = 0, [pid]
-    while todo:
-        current = todo.pop()
-        total += rss.get(current, 0)
-        todo.extend(children.get(current, []))
-    return total
-
-
 def run_row(name: str, checkpoint: Path, workdir: Path, keep: bool, preset: str = "sharp") -> dict:
     target, precision, extra = ROWS[name]
     out = workdir / name
@@ -83,29 +58,13 @@ def run_row(name: str, checkpoint: Path, workdir: Path, keep: bool, preset: str 
                "--precision", precision, "--force", *extra]  # fmt: skip
     print("$ " + " ".join(command), flush=True)
     log = workdir / f"{name}.log"
-    start = time.perf_counter()
-    peak = 0
-    with log.open("w") as stream:
-        process = subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT)
-        done = threading.Event()
-
-        def sample() -> None:
-            nonlocal peak
-            while not done.wait(0.25):
-                peak = max(peak, tree_rss_bytes(process.pid))
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        code = process.wait()
-        done.set()
-        sampler.join()
-    seconds = time.perf_counter() - start
+    run = run_tree_sampled(command, log=log)
     row: dict = {
         "command": " ".join(command[:2] + ["-o", "DIR"] + command[4:]),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "exit_code": code,
-        "wall_s": round(seconds, 1),
-        "tree_peak_rss_gb": round(peak / 1e9, 2),
+        "exit_code": run.exit_code,
+        "wall_s": round(run.wall_s, 1),
+        "tree_peak_pss_gb": round(run.tree_peak_bytes / 1e9, 2),
         "log_tail": log.read_text().splitlines()[-3:],
     }
     manifest_path = out / "manifest.json"
@@ -150,7 +109,7 @@ def main() -> None:
     payload = json.loads(path.read_text()) if path.is_file() else {"benchmark": NAME, "rows": {}}
     payload.update(
         what="full-size exports (preset sharp) with their parity check on, one CLI command per row in a fresh "
-        f"process (preset {args.preset}); int8 calibrated on the 5 bundled sample photos; tree_peak_rss_gb sums "
+        f"process (preset {args.preset}); int8 calibrated on the 5 bundled sample photos; tree_peak_pss_gb sums "
         "the command and its children",
         checkpoint=args.checkpoint.name,
         machine=machine_info(),

@@ -61,8 +61,12 @@ def main() -> None:
         {
             "what": "OpenVINORunner.open with the compiled-model cache off, empty (compile + write) and filled "
             "(import), each a fresh process; first inference on the golden pattern",
-            "artifact": {"target": manifest["target"], "precision": manifest["precision"],
-                         "options": manifest["options"], "preset": manifest["source"].get("preset")},  # fmt: skip
+            "artifact": {
+                "target": manifest["target"],
+                "precision": manifest["precision"],
+                "options": manifest["options"],
+                "preset": manifest["source"].get("preset"),
+            },  # fmt: skip
             "cache_bytes": sum(f.stat().st_size for f in cache.rglob("*") if f.is_file()),
             "rows": rows,
         },

@@ -3,7 +3,7 @@
     python benchmarks/bench_run_process.py ARTIFACT [--photo coffee] [--runs 3] [--name run_process_full]
 
 Each run is a fresh process (imports, opening the artifact, the model, unprojection, PLY write), its wall time and
-the peak resident memory of its process tree measured from outside (``bench_export_memory.tree_rss_bytes``). An
+the peak memory (PSS, summed) of its process tree measured from outside (``common.run_tree_sampled``). An
 OpenVINO artifact's compiled-model cache gets its own empty folder first, so run 1 compiles (and writes the cache)
 and runs 2.. import it, as a user's first and later runs do. The command's own timing lines are kept.
 
@@ -16,41 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import threading
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_export_memory import tree_rss_bytes  # noqa: E402
-from common import machine_info, save  # noqa: E402
-
-
-def one_run(command: list[str], env: dict[str, str]) -> dict:
-    start = time.perf_counter()
-    peak = 0
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    done = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not done.wait(0.1):
-            peak = max(peak, tree_rss_bytes(process.pid))
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    output, _ = process.communicate()
-    done.set()
-    sampler.join()
-    return {
-        "exit_code": process.returncode,
-        "wall_s": round(time.perf_counter() - start, 2),
-        "tree_peak_rss_gb": round(peak / 1e9, 2),
-        "output": [line for line in output.splitlines() if line.strip()][-8:],
-    }
+from common import machine_info, run_tree_sampled, save  # noqa: E402
 
 
 def main() -> None:
@@ -72,7 +44,13 @@ def main() -> None:
         out = Path(tempfile.mkdtemp(prefix="run-out-"))
         command = ["sharp-export", "run", str(args.artifact), str(photo), "-o", str(out), "--force"]
         print(f"run {number}: $ {' '.join(command)}", flush=True)
-        row = one_run(command, env)
+        run = run_tree_sampled(command, env=env, every_s=0.1)
+        row = {
+            "exit_code": run.exit_code,
+            "wall_s": run.wall_s,
+            "tree_peak_pss_gb": round(run.tree_peak_bytes / 1e9, 2),
+            "output": [line for line in run.output.splitlines() if line.strip()][-8:],
+        }
         row["ply_bytes"] = sum(p.stat().st_size for p in out.rglob("*.ply"))
         print(json.dumps({k: v for k, v in row.items() if k != "output"}), flush=True)
         runs.append(row)
@@ -80,7 +58,7 @@ def main() -> None:
         args.name,
         {
             "what": "sharp-export run ARTIFACT PHOTO -o OUT, one fresh process per run (photo -> PLY, wall time and "
-            "peak RSS of the process tree); run 1 compiles the OpenVINO model into an empty cache, later runs import",
+            "peak PSS of the process tree); run 1 compiles the OpenVINO model into an empty cache, later runs import",
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "artifact": {
                 "target": manifest["target"],

@@ -56,6 +56,79 @@ def save(name: str, payload: dict) -> Path:
     return path
 
 
+def _pss_bytes(pid: int, stat_fields: list[str]) -> int:
+    """Proportional set size of ``pid`` (a page shared by n processes counts 1/n), from /proc/PID/smaps_rollup;
+    its RSS where that file is missing. Summing RSS would count a forked child's shared pages twice (OpenVINO's
+    telemetry forks the whole process to send an event)."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return int(stat_fields[21]) * os.sysconf("SC_PAGE_SIZE")  # field 24 of stat: rss in pages
+
+
+def tree_memory_bytes(pid: int) -> int:
+    """Memory of ``pid`` and all its descendants: the sum of their PSS (Linux /proc; 0 elsewhere)."""
+    children: dict[int, list[int]] = {}
+    stats: dict[int, list[str]] = {}
+    proc = Path("/proc")
+    for entry in proc.iterdir() if proc.is_dir() else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            stats[int(entry.name)] = fields
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        if current in stats:
+            total += _pss_bytes(current, stats[current])
+        todo.extend(children.get(current, []))
+    return total
+
+
+@dataclass
+class TreeRun:
+    exit_code: int
+    wall_s: float
+    tree_peak_bytes: int  # the command and its children together (sum of PSS), sampled
+    output: str  # stdout + stderr, when captured
+
+
+def run_tree_sampled(command: list[str], *, log: Path | None = None, env: dict | None = None,
+                     every_s: float = 0.25) -> TreeRun:  # fmt: skip
+    """Run ``command`` (output to ``log``, else captured), sampling its process tree's memory every ``every_s``."""
+    import threading
+    import time
+
+    start = time.perf_counter()
+    peak = 0
+    stream = log.open("w") if log is not None else subprocess.PIPE
+    try:
+        process = subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT, text=True, env=env)
+        done = threading.Event()
+
+        def sample() -> None:
+            nonlocal peak
+            while not done.wait(every_s):
+                peak = max(peak, tree_memory_bytes(process.pid))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        output, _ = process.communicate()
+        done.set()
+        sampler.join()
+    finally:
+        if log is not None:
+            stream.close()
+    return TreeRun(process.returncode, round(time.perf_counter() - start, 2), peak, output or "")
+
+
 def run_child(code: str) -> dict:
     """Run ``code`` in a fresh Python process (so peak RSS is its own); it must print one JSON line last."""
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)

@@ -22,8 +22,10 @@ This row is what the registry imports: OpenVINO, the ONNX step and torch are imp
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -99,6 +101,23 @@ def inference_precision(precision: str, options: Mapping[str, Any]) -> str:
     return INFERENCE_PRECISION[precision]
 
 
+@contextlib.contextmanager
+def _without_conversion_telemetry() -> Iterator[None]:
+    """ov.convert_model sends usage events (openvino_telemetry, Google Analytics) unless a consent file declines
+    them, and each event forks the converting process: 41 forks in one tiny export here, of a process that holds
+    gigabytes at full size. It sends nothing when it believes it runs in CI (``CI=true``), the one switch it offers
+    without writing the user's consent file; set for the call only."""
+    previous = os.environ.get("CI")
+    os.environ["CI"] = "true"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("CI", None)
+        else:
+            os.environ["CI"] = previous
+
+
 def convert(ctx: ConvertContext) -> ConvertResult:
     import time
 
@@ -112,7 +131,7 @@ def convert(ctx: ConvertContext) -> ConvertResult:
     written = export_at_precision(ctx, onnx_dir, external_data=True, precision="int8" if int8 else "fp32")
     start = time.perf_counter()
     try:
-        with heartbeat("ov.convert_model"):
+        with heartbeat("ov.convert_model"), _without_conversion_telemetry():
             model = ov.convert_model(str(onnx_dir / ONNX_FILE))
     except Exception as error:
         first = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
