@@ -159,3 +159,34 @@ def test_calibration_flags_refused_before_work(tmp_path, extra, message):
     if extra[1] == "int8":
         assert "samples" in result.output
     assert not out.exists()
+
+
+def test_conversion_sends_no_telemetry(tmp_path):
+    """ov.convert_model's usage events (each one a fork of the converting process) are off during the export: every
+    'ovc' event the telemetry object sees has consent False (a child process: the check patches openvino_telemetry)."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("openvino_telemetry")
+    code = f"""
+import json
+from pathlib import Path
+import openvino_telemetry.main as telemetry
+seen = []
+original = telemetry.Telemetry.send_event
+def send_event(self, category, *args, **kwargs):
+    seen.append([category, bool(getattr(self, "consent", False))])
+    return original(self, category, *args, **kwargs)
+telemetry.Telemetry.send_event = send_event
+from sharp_export.contract import ExportRequest
+from sharp_export.export import run_export
+run_export(ExportRequest(target="openvino", output=Path({str(tmp_path / "out")!r}), preset="tiny", seed=0,
+                         parity=False))
+print(json.dumps(seen))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    ovc = [consent for category, consent in seen if category == "ovc"]
+    assert ovc, "ov.convert_model reported no event at all: this check no longer sees its telemetry"
+    assert not any(ovc), f"{sum(ovc)} of {len(ovc)} conversion events would have been sent"
