@@ -104,7 +104,7 @@ def test_matches_ml_sharp_golden(exported, golden_dir):
 def test_compiled_model_cache_is_reused_and_invalidated(exported, tmp_path, monkeypatch):
     """The runner keeps the compiled model in $SHARP_EXPORT_OPENVINO_CACHE: a second open imports it and gives the
     same outputs bit for bit; a model.bin replaced (new mtime) compiles into a new entry; 'off' writes nothing; only
-    the newest OPENVINO_CACHE_KEEP entries stay."""
+    the newest OPENVINO_CACHE_KEEP entries stay; a folder that cannot be created turns the cache off, not the run."""
     import os
 
     from sharp_export.runtime.openvino_runner import OPENVINO_CACHE_ENV, OPENVINO_CACHE_KEEP
@@ -140,6 +140,11 @@ def test_compiled_model_cache_is_reused_and_invalidated(exported, tmp_path, monk
     before = sorted(cache.iterdir())
     state, _ = run_once()
     assert state == "off" and sorted(cache.iterdir()) == before
+    blocker = tmp_path / "a-file"  # a cache folder that cannot be made: the run goes on without the cache
+    blocker.write_text("not a folder")
+    monkeypatch.setenv(OPENVINO_CACHE_ENV, str(blocker / "cache"))
+    state, _ = run_once()
+    assert state == "off"
 
 
 @pytest.mark.parametrize(
