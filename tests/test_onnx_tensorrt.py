@@ -271,6 +271,13 @@ def test_modelopt_missing_names_the_extra(monkeypatch):
         ),
         ("fp8", {"trt_compat": "10.3", "build": False}, "cpu", "fp8 needs FP8 tensor cores"),
         ("fp16", {"build": False, "quantizer": "modelopt"}, "cpu", "--quantizer modelopt applies to --precision int8"),
+        (
+            "int8",
+            {"build": False, "quantizer": "modelopt", "calib_runtime": "openvino"},
+            "cpu",
+            "ModelOpt runs its own",
+        ),
+        ("fp16", {"build": False, "calib_runtime": "openvino"}, "cpu", "--calib-runtime applies to --precision int8"),
     ],
 )
 def test_option_combinations_are_refused_before_any_work(tmp_path, precision, options, device, message):

@@ -127,6 +127,11 @@ def validate(request: ExportRequest) -> None:
             f"--quantizer modelopt applies to --precision {' or '.join(MODELOPT_PRECISIONS)}, not {request.precision}",
             fix="drop --quantizer",
         )
+    if options.get("quantizer", "ort") == "modelopt" and (options.get("calib_runtime") or "auto") != "auto":
+        raise UserInputError(
+            "--calib-runtime chooses who runs the default quantizer's calibration pass; ModelOpt runs its own",
+            fix="drop --calib-runtime, or --quantizer modelopt",
+        )
     if float(options.get("workspace_gb", 8.0)) <= 0:
         raise UserInputError("--workspace-gb must be positive")
     if int(options.get("optimization_level", 3)) not in OPTIMIZATION_LEVELS:
