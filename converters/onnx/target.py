@@ -49,10 +49,10 @@ CALIB_SIZE_OPTION = TargetOption(
 CALIB_RUNTIME_OPTION = TargetOption(
     "calib_runtime",
     str,
-    "auto",
+    None,
     "int8 / fp8: who runs the calibration photos through the fp32 graph to collect activation ranges: openvino "
-    "(bf16 where the CPU has it: about 5x faster and half the memory of onnxruntime at full size) or onnxruntime "
-    "(fp32); auto = openvino when installed",
+    "(bf16 where the CPU has it: at full size about 2x faster than onnxruntime and 6 GB less memory) or onnxruntime "
+    "(fp32); auto (the default) = openvino when installed",
     choices=("auto", "openvino", "onnxruntime"),
 )
 
