@@ -104,7 +104,8 @@ def validate_request(target: Target, request: ExportRequest) -> None:
         raise UserInputError(f"target '{name}' has no option(s) {', '.join(unknown)}")
     for opt in target.options:
         value = request.options.get(opt.name, opt.default)
-        if opt.choices is not None and value not in opt.choices:
+        unset = value is None and opt.default is None  # an option whose default is "not given" (e.g. --calib-runtime)
+        if opt.choices is not None and value not in opt.choices and not unset:
             raise UserInputError(f"{opt.flag} must be one of {', '.join(opt.choices)}, got {value!r}")
     check_output_path(Path(request.output).absolute(), request.force)
     if target.validate is not None:
