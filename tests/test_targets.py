@@ -40,7 +40,7 @@ def test_builtin_targets_are_registered_in_order():
     assert onnx.supports_dynamic_batch and onnx.precisions == ("fp32", "fp16", "int8")
     assert onnx.supports_calibration
     assert onnx.tolerance_profile("fp16") == "fp16-onnx" and onnx.tolerance_profile("int8") == "int8-onnx"
-    assert [o.name for o in onnx.options] == ["opset", "external_data", "calib_size"]
+    assert [o.name for o in onnx.options] == ["opset", "external_data", "calib_size", "calib_runtime"]
     assert onnx.option("opset").default == 18 and onnx.option("opset").flag == "--opset"
 
 
