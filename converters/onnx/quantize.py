@@ -132,10 +132,11 @@ def calibration_tensors(model: onnx.ModelProto, op_types: Sequence[str]) -> list
 
 
 # Who runs the calibration graph (``--calib-runtime``). Full preset, 2-core Xeon with AMX: OpenVINO with the bf16
-# hint ~60 s a photo, the export at 9.6 GB; ONNX Runtime fp32 110-250 s a photo, the export at 15.5 GB
-# (benchmarks/results/export_memory_full.json, docs/benchmarks.md). Its ranges come from bf16 activations: against
-# ONNX Runtime's fp32 ranges (full preset, 5 photos, 833 tensors) the range ends differ by a median 0.11 %, p99
-# 0.49 %, worst 1.75 % of the tensor's range (one uint8 step is 0.39 %). "auto" = openvino when installed.
+# hint ~60 s a photo, the export at 9.6 GB; ONNX Runtime fp32 110-250 s a photo, the export at 15.5 GB, a figure
+# that also held the 3.6 GB the exporter leaked then (benchmarks/results/export_memory_full.json,
+# docs/benchmarks.md). Its ranges come from bf16 activations: against ONNX Runtime's fp32 ranges (full preset,
+# 5 photos, 833 tensors) the range ends differ by a median 0.11 %, p99 0.49 %, worst 1.75 % of the tensor's range
+# (one uint8 step is 0.39 %). "auto" = openvino when installed.
 CALIBRATION_RUNTIMES = ("auto", "openvino", "onnxruntime")
 
 

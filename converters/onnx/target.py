@@ -51,7 +51,7 @@ CALIB_RUNTIME_OPTION = TargetOption(
     str,
     None,
     "int8 / fp8: who runs the calibration photos through the fp32 graph to collect activation ranges: openvino "
-    "(bf16 where the CPU has it: at full size about 2x faster than onnxruntime and 6 GB less memory) or onnxruntime "
+    "(bf16 where the CPU has it: at full size about 2x faster than onnxruntime, in less memory) or onnxruntime "
     "(fp32); auto (the default) = openvino when installed",
     choices=("auto", "openvino", "onnxruntime"),
 )
