@@ -203,7 +203,7 @@ def compare_with_fp32(fp32_npz: Path, npz: Path) -> dict[str, Any]:
         with np.load(path) as data:
             return Gaussians3D(*(torch.from_numpy(data[f]) for f in GAUSSIAN_FIELDS))
 
-    results = compare_gaussians(load(fp32_npz), load(npz), PROFILES["int8"], space="raw")
+    results = compare_gaussians(load(fp32_npz), load(npz), PROFILES["int8-onnx"], space="raw")
     return {r.metric: {"p99": float(r.p99), "max": float(r.max)} for r in results if r.tolerance is not None}
 
 

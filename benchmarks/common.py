@@ -156,7 +156,7 @@ class TinyPattern:
 
         with OnnxRuntimeRunner(path, self.io) as runner:
             candidate = runner.infer(self.example.image, self.example.disparity_factor)
-        found = compare_gaussians(self.reference, candidate, dict(PROFILES["int8"]), space="raw")
+        found = compare_gaussians(self.reference, candidate, dict(PROFILES["int8-tensorrt"]), space="raw")
         return {
             "p99": {r.metric: round(float(r.p99), 5) for r in found},
             "max": {r.metric: round(float(r.max), 5) for r in found},

@@ -88,7 +88,7 @@ class Evaluator:
         for name, image, factor in self.items:
             values = run(image.numpy(), factor.numpy())
             candidate = Gaussians3D(*(torch.from_numpy(v) for v in values))
-            for r in compare_gaussians(self.refs[name], candidate, PROFILES["int8"], space="raw"):
+            for r in compare_gaussians(self.refs[name], candidate, PROFILES["int8-onnx"], space="raw"):
                 if r.metric in METRICS:
                     entry = worst.setdefault(r.metric, {"p99": 0.0, "max": 0.0, "worst_input": ""})
                     if float(r.p99) > entry["p99"]:

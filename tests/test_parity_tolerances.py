@@ -65,7 +65,7 @@ def test_anchor_values_come_from_the_measurements():
     assert onnx["opacities_abs"].value > 1.26e-4 and "1.26e-4" in onnx["opacities_abs"].note
     assert not onnx["means_rel_depth"].provisional
     assert load_tolerances("torch", "bf16")["means_rel_depth"].value > 0.11  # measured bf16 p99 11 %
-    assert PROFILES["int8"]["means_rel_depth"].value > 0.054  # measured int8 p99 5.4 %
+    assert PROFILES["int8-tensorrt"]["quat_angle_deg"].value > 6.93  # full preset, perturbed weights: 6.93 deg
     assert load_tolerances("coreml", "fp16")["means_rel_depth"].provisional
     # Looser with less precision.
     for metric in ("means_rel_depth", "colors_abs"):
