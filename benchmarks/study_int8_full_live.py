@@ -4,7 +4,8 @@
         python benchmarks/study_int8_full_live.py VARIANTS.json RESULTS.json pattern
 
 VARIANTS.json maps a name to which Conv / MatMul nodes stay float (``float_modules``, ``only_modules``,
-``float_op_suffix``, ...) and ``disp_only`` (run only up to the disparity head's last conv). REFS holds
+``float_op_suffix``, ...), ``weight_bits`` (7 or 8), ``outputs_float`` (no QDQ on a Conv / MatMul output that no
+quantized node reads) and ``disp_only`` (run only up to the disparity head's last conv). REFS holds
 ``pattern.npz`` and ``pattern_prerelu.npy`` from ``benchmarks/study_full_live_refs.py``; RANGES the MinMax ranges
 (``int8_sim.save_ranges``). The numbers in ``benchmarks/results/int8_full_live_study.json`` came from this script
 when it lived in a scratch folder with the old module paths (converters/onnx_graph.py, onnx_quantize.py); only the
@@ -129,6 +130,13 @@ def main():
         if v.get("ranges"):
             r.update(sim.load_ranges(Path(v["ranges"])))
         float_acts = set(v.get("float_tensors", []))
+        if v.get("outputs_float"):  # quantize what a Conv / MatMul reads, not what it writes for float ops
+            quantized = {n for n, node in nodes.items() if node.op_type in sim.OP_TYPES and n not in excl}
+            consumers: dict[str, set] = {}
+            for n in model.graph.node:
+                for i in n.input:
+                    consumers.setdefault(i, set()).add(n.name)
+            float_acts |= {a for a in plan.activations if not (consumers.get(a, set()) & quantized)}
         bits = v.get("weight_bits", 7)
         if bits not in wsc_cache:
             wsc_cache[bits] = sim.weight_scales(FP32, model, full, bits)
