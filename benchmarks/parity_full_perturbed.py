@@ -11,9 +11,11 @@ inference timed per photo. Core ML cannot predict on Linux: its rows run the tor
 (``fp16_proxy_outputs``, ``weights_proxy_outputs``), labelled PROXY. TensorRT bf16 cannot run in ONNX Runtime's CPU
 kernels: that row records the export and its static checks only.
 
-One row at a time (the int8 exports peak at ~15 GB). Results are merged into
-``benchmarks/results/parity_full_perturbed.json`` after every row, and each row's parity report is written to
-``benchmarks/results/parity_full_perturbed/ROW.json``. Artifacts are deleted after their row unless --keep.
+One row at a time (the int8 exports peak near 10 GB). Results are merged into
+``benchmarks/results/NAME.json`` after every row, and each row's parity report is written to
+``benchmarks/results/NAME/ROW.json``; NAME is ``parity_full_perturbed`` unless ``--name`` says otherwise (give
+other weights, such as ``--live-disparity``'s, their own name: the JSON records one weights file). Artifacts are
+deleted after their row unless --keep.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ ROWS: dict[str, tuple[str, tuple[str, ...]]] = {
     "tensorrt_bf16": ("tensorrt", ("--precision", "bf16", "--no-build")),
     "tensorrt_int8": ("tensorrt", ("--precision", "int8", *CALIB, "--no-build")),
     "tensorrt_fp8": ("tensorrt", ("--precision", "fp8", *CALIB, "--no-build")),
+    "executorch_int8_stages": ("executorch", ("--precision", "int8", *CALIB, "--split", "stages")),
 }
 # Core ML rows: torch proxies (mode, --weights); gated by the rows the export would use.
 PROXY_ROWS = {
@@ -169,12 +172,12 @@ def summarize(report: dict) -> dict:
     return photos
 
 
-def save(rows: dict, weights: Path, weights_sha: str, golden: Path) -> Path:
-    path = RESULTS / f"{NAME}.json"
+def save(rows: dict, weights: Path, weights_sha: str, golden: Path, name: str = NAME) -> Path:
+    path = RESULTS / f"{name}.json"
     old = json.loads(path.read_text()) if path.exists() else {}
     merged = {**old.get("rows", {}), **rows}
     doc = {
-        "benchmark": NAME,
+        "benchmark": name,
         "machine": machine_info(),
         "what": "full preset, perturbed weights (benchmarks/make_perturbed_weights.py), every reduced-precision row "
         "exported with the CLI and checked against a golden bundle of coffee + chelsea (torch fp32, 4 views each) "
@@ -194,6 +197,8 @@ def main() -> None:
     parser.add_argument("--rows", default=",".join([*ROWS, *PROXY_ROWS]))
     parser.add_argument("--workdir", type=Path, default=Path(".tmp-parity-full"))
     parser.add_argument("--keep", action="store_true", help="keep the artifacts")
+    # One JSON per weights file: rows of other weights (e.g. --live-disparity) go under their own name.
+    parser.add_argument("--name", default=NAME, help=f"results name (default {NAME})")
     args = parser.parse_args()
     from make_perturbed_weights import default_path
 
@@ -202,7 +207,7 @@ def main() -> None:
     weights = args.weights or default_path("sharp")
     weights_sha = sha256_file(weights)
     args.workdir.mkdir(parents=True, exist_ok=True)
-    reports = RESULTS / NAME
+    reports = RESULTS / args.name
     reports.mkdir(parents=True, exist_ok=True)
     cli = str(Path(sys.executable).with_name("sharp-export"))
     for row in args.rows.split(","):
@@ -241,7 +246,7 @@ def main() -> None:
                          photos=summarize(doc))  # fmt: skip
         entry["load_average"] = {"before": load_before, "after": round(os.getloadavg()[0], 2)}
         print(json.dumps({row: {k: entry.get(k) for k in ("passed", "failures", "timing")}}), flush=True)
-        print(f"saved {save({row: entry}, weights, weights_sha, args.golden)}", flush=True)
+        print(f"saved {save({row: entry}, weights, weights_sha, args.golden, args.name)}", flush=True)
 
 
 if __name__ == "__main__":
