@@ -104,6 +104,10 @@ def main():
     full = sim.plan_qdq(model, base_excl)
     ranges = sim.load_ranges(RANGES)
     wsc_cache = {}
+    consumers: dict[str, set] = {}  # tensor -> the nodes that read it (for outputs_float)
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, set()).add(n.name)
     refs = {name: dict(np.load(f"{REFS}/{name}.npz")) for name in inputs}
     for name in inputs:
         if Path(f"{REFS}/{name}_prerelu.npy").exists():
@@ -132,10 +136,6 @@ def main():
         float_acts = set(v.get("float_tensors", []))
         if v.get("outputs_float"):  # quantize what a Conv / MatMul reads, not what it writes for float ops
             quantized = {n for n, node in nodes.items() if node.op_type in sim.OP_TYPES and n not in excl}
-            consumers: dict[str, set] = {}
-            for n in model.graph.node:
-                for i in n.input:
-                    consumers.setdefault(i, set()).add(n.name)
             float_acts |= {a for a in plan.activations if not (consumers.get(a, set()) & quantized)}
         bits = v.get("weight_bits", 7)
         if bits not in wsc_cache:

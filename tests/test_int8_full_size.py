@@ -55,6 +55,12 @@ def test_full_size_int8_graph_passes_its_rows_on_the_perturbed_weights(tmp_path)
         image = example.image.contiguous(memory_format=torch.channels_last)
         reference = Gaussians3D(*model(image, example.disparity_factor))
         model.to(memory_format=torch.contiguous_format)
+    # The published architecture's forward at full size (the suite's only one): 1,179,648 Gaussians, finite, in front.
+    assert reference.mean_vectors.shape == (1, 1_179_648, 3) and reference.quaternions.shape == (1, 1_179_648, 4)
+    assert reference.opacities.shape == (1, 1_179_648)
+    for name, value in reference._asdict().items():
+        assert torch.isfinite(value).all(), name
+    assert (reference.mean_vectors[..., 2] > 0).all()
     export_onnx(
         model, example, raw_io_spec(1536, 1), tmp_path, opset=DEFAULT_OPSET, dynamic_batch=False, external_data=True
     )

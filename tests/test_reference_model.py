@@ -130,16 +130,6 @@ def test_grids_flatten_to_gaussian_order():
     assert flat.opacities.shape == (1, 2 * h * w)
 
 
-@pytest.mark.slow
-def test_full_size_forward_on_cpu():
-    """One 1536x1536 forward of the published architecture with seeded weights (~2.5 min on 2 cores)."""
-    loaded = build_model("sharp", seed=0)
-    image = torch.rand(1, 3, 1536, 1536, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        out = loaded.model(image, torch.tensor([0.8]))
-    assert out.mean_vectors.shape == (1, 1_179_648, 3)
-    assert out.quaternions.shape == (1, 1_179_648, 4)
-    assert out.opacities.shape == (1, 1_179_648)
-    for name, value in out._asdict().items():
-        assert torch.isfinite(value).all(), name
-    assert (out.mean_vectors[..., 2] > 0).all()
+# The full-size forward (1536x1536, the published architecture) is checked by tests/test_int8_full_size.py: its torch
+# reference is that forward on the perturbed weights (shapes, finite values, positive depth asserted there), so a
+# second one here only cost the suite ~100 s.
