@@ -13,7 +13,11 @@ What is compressed: the weights of ``conv``, ``conv_transpose`` and ``linear`` o
 * tensors of <= 2048 elements (biases, norm scales, the 3x3 heads): 0.1 % of the full model's weights, so
   compressing them saves nothing, and a per-tensor LUT or scale per 32 values would cost as much as it saves;
 * the ViTs' positional embeddings (added to the tokens, so every quantization error lands in the activations
-  unaveraged) and any other constant of the program that is not a weight of those ops.
+  unaveraged) and any other constant of the program that is not a weight of those ops;
+* the Gaussian heads (``KEPT_MODULES``: the decoder's geometry / texture heads and the prediction head, 601k
+  weights, 0.09 % of the full model): their weights write the Gaussians' attributes directly, and compressing them
+  made most of the attribute error (tiny golden pattern, int8: quaternion p99 0.67 -> 0.23 deg, opacities
+  1.7e-3 -> 4.2e-4, scales_log 0.012 -> 0.006 with them kept; depth unchanged) for ~1 MB of package.
 
 Modes (``WEIGHT_MODES``):
 
@@ -56,6 +60,10 @@ KMEANS_MAX_ITERATIONS = 100
 # Output channels per LUT of the per-grouped-channel variant: measured (benchmarks/bench_coreml_weights.py
 # --proxy), not offered (see the module docstring).
 PALETTE_GROUP_SIZE = 32
+# Modules whose weights stay at the program's precision under every --weights mode (see the module docstring), as
+# state_dict paths of the predictor. The MIL weight constants carry the same path with "_" for "." (torch.export's
+# parameter names), which is how the Core ML side finds them.
+KEPT_MODULES = ("feature_model.geometry_head", "feature_model.texture_head", "prediction_head")
 # MIL op types that hold compressed weights, by coremltools 9.0 and the deployment target.
 COMPRESSED_OP_TYPES = ("constexpr_affine_dequantize", "constexpr_blockwise_shift_scale", "constexpr_lut_to_dense")
 # Weight-bearing MIL ops whose weights are compressed, and the torch modules they come from.
@@ -79,6 +87,7 @@ class WeightPlan:
             "granularity": self.granularity,
             "weight_threshold": self.weight_threshold,
             "ops": list(COMPRESSED_CONSUMERS),
+            "kept_modules": list(KEPT_MODULES),
         }
         if self.kind == "linear_quantize":
             config.update(api="coremltools.optimize.coreml.linear_quantize_weights", mode="linear_symmetric",
@@ -160,7 +169,15 @@ def _lut_function(nbits: int) -> Any:
 # ---- the Core ML side ---------------------------------------------------------------------------------
 
 
-def optimization_config(plan: WeightPlan) -> Any:
+def kept_constants(program: Any) -> list[str]:
+    """Names of the program's weight constants that belong to ``KEPT_MODULES`` (they get no compression)."""
+    patterns = [f"{path.replace('.', '_')}_" for path in KEPT_MODULES]
+    return sorted(op.name for op in program.functions["main"].operations
+                  if op.op_type == "const" and any(p in op.name for p in patterns))  # fmt: skip
+
+
+def optimization_config(plan: WeightPlan, kept: list[str] | None = None) -> Any:
+    """coremltools' config for ``plan``; ``kept``: constant names left uncompressed (``kept_constants``)."""
     import coremltools.optimize.coreml as cto
 
     if plan.kind == "linear_quantize":
@@ -173,7 +190,8 @@ def optimization_config(plan: WeightPlan) -> Any:
             granularity=plan.granularity,
             weight_threshold=plan.weight_threshold,
         )
-    return cto.OptimizationConfig(op_type_configs={op: op_config for op in COMPRESSED_CONSUMERS})
+    return cto.OptimizationConfig(op_type_configs={op: op_config for op in COMPRESSED_CONSUMERS},
+                                  op_name_configs=dict.fromkeys(kept or []))  # fmt: skip
 
 
 def compress_mlmodel(mlmodel: Any, plan: WeightPlan) -> tuple[Any, float]:
@@ -181,7 +199,7 @@ def compress_mlmodel(mlmodel: Any, plan: WeightPlan) -> tuple[Any, float]:
     import coremltools.optimize.coreml as cto
 
     start = time.perf_counter()
-    config = optimization_config(plan)
+    config = optimization_config(plan, kept_constants(mlmodel._mil_program))
     if plan.kind == "linear_quantize":
         compressed = cto.linear_quantize_weights(mlmodel, config)
     else:
@@ -258,8 +276,11 @@ def compress_array(weight: np.ndarray, output_axis: int, plan: WeightPlan) -> np
 
 
 def compressible_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module, int]]:
-    """(name, module, output-channel axis of its weight) of the conv / conv-transpose / linear modules."""
+    """(name, module, output-channel axis of its weight) of the conv / conv-transpose / linear modules, less
+    ``KEPT_MODULES``."""
     for name, module in model.named_modules():
+        if any(f".{kept}." in f".{name}." for kept in KEPT_MODULES):  # the predictor, or a wrapper around it
+            continue
         if isinstance(module, _MODULES) and getattr(module, "weight", None) is not None:
             yield name, module, 1 if isinstance(module, nn.ConvTranspose2d) else 0
 
