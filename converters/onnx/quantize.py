@@ -220,14 +220,16 @@ def _onnxruntime_session(augmented: Path, names: list[str]) -> tuple[Callable[[d
     return (lambda feeds: session.run(names, feeds)), f"onnxruntime {onnxruntime.__version__} fp32"
 
 
-def _openvino_request(augmented: Path, names: list[str]) -> tuple[Callable[[dict], list], str]:
+def openvino_calibration_model(augmented: Path, extra_config: dict[str, str] | None = None) -> tuple[Any, str]:
+    """The augmented graph compiled as the calibration pass runs it (bf16 hint, one stream, the runner's threads),
+    and its label; ``extra_config`` adds OpenVINO properties (the profiling benchmark turns on ``PERF_COUNT``)."""
     import openvino as ov
 
     from sharp_export.runtime.base import omp_threads
 
     core = ov.Core()
     core.set_property({"ENABLE_MMAP": False})  # as the runner: the compiled model keeps its own weights only
-    config = {"INFERENCE_PRECISION_HINT": "bf16", "NUM_STREAMS": "1"}
+    config = {"INFERENCE_PRECISION_HINT": "bf16", "NUM_STREAMS": "1", **(extra_config or {})}
     if threads := omp_threads():  # else OpenVINO's choice, as the runner
         config["INFERENCE_NUM_THREADS"] = str(threads)
     # Compiled from an OpenVINO IR with fp16 weights, not from the fp32 ONNX: the CPU plugin keeps the constants it
@@ -243,13 +245,18 @@ def _openvino_request(augmented: Path, names: list[str]) -> tuple[Callable[[dict
         ir.with_suffix(".bin").unlink(missing_ok=True)
     effective = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
     precision = "bf16" if ("bf16" in effective or "bfloat16" in effective) else "f32"  # f32 on CPUs without bf16
+    return compiled, f"openvino {ov.__version__} {precision} (fp16 weights)"
+
+
+def _openvino_request(augmented: Path, names: list[str]) -> tuple[Callable[[dict], list], str]:
+    compiled, label = openvino_calibration_model(augmented)
     request = compiled.create_infer_request()
 
     def run(feeds: dict) -> list:
         request.infer(feeds)
         return [request.get_tensor(name).data.copy() for name in names]
 
-    return run, f"openvino {ov.__version__} {precision} (fp16 weights)"
+    return run, label
 
 
 def minmax_ranges(
