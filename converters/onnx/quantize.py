@@ -233,9 +233,10 @@ def openvino_calibration_model(augmented: Path, extra_config: dict[str, str] | N
     if threads := omp_threads():  # else OpenVINO's choice, as the runner
         config["INFERENCE_NUM_THREADS"] = str(threads)
     # Compiled from an OpenVINO IR with fp16 weights, not from the fp32 ONNX: the CPU plugin keeps the constants it
-    # was given beside its own bf16 copies, so fp32 ones cost 2.4 GB more (full preset, golden pattern: peak RSS
-    # 6.9 GB against 9.4 GB, ~60 s a photo either way). The ranges move by at most 1.5 % of a tensor's range (p99
-    # 1.2 %, 624 of 834 identical), the size of the bf16 pass's own difference from fp32 (test_onnx_precision).
+    # was given beside its own bf16 copies, so fp32 ones cost 2.4 GB more (full preset: the OpenVINO int8 export's
+    # peak 9.3 -> 6.8 GB; the pass ~55-60 s a photo either way). Its ranges against the fp32-weight pass's (perturbed
+    # weights, 5 sample photos, 834 tensors): 370 identical, p99 1.3 %, worst 2.5 % of a tensor's range, the size of
+    # the bf16 pass's own difference from ONNX Runtime fp32 (worst 1.75 %, docs/benchmarks.md).
     ir = augmented.with_suffix(".xml")
     try:
         ov.save_model(ov.convert_model(str(augmented)), str(ir), compress_to_fp16=True)
