@@ -24,9 +24,9 @@ from sharp_export.parity.compare import compare_gaussians  # noqa: E402
 from sharp_export.registry import get_target, open_runner  # noqa: E402
 from sharp_export.samples import sample_image_path  # noqa: E402
 
-# int8 is exported split only: the whole program goes through the same functions with one stage ("model"), and a
-# fourth tiny export cost the suite ~100 s of XNNPACK lowering (ExecuTorch's passes, not ours: profiled).
-VARIANTS = ("fp32-none", "fp32-stages", "int8-stages")
+# Every combination a user can ask for (issue 27 asked for int8 whole and split in CI), though each export spends
+# 50-100 s in XNNPACK lowering (ExecuTorch's own passes, profiled): the suite's largest block.
+VARIANTS = ("fp32-none", "fp32-stages", "int8-none", "int8-stages")
 STAGE_NAMES = ["tiles", "patch_encoder", "image_encoder", "depth_decoder", "gaussians"]
 # Ops our graph used to hand to portable kernels (torch's safe-softmax attention, qkv.split, no-op expands): gone.
 OURS = {"logical_not", "any.dim", "eq.Scalar", "full_like", "split_with_sizes_copy", "mul.Scalar", "alias_copy"}
@@ -114,7 +114,7 @@ def test_outputs_against_ml_sharp_golden_and_split_against_whole(artifacts, gold
     for variant in ("fp32-none", "fp32-stages"):  # measured z rel err max 3.4e-6, colours 1.0e-6 (fp32-none)
         assert worst[variant]["means_rel_depth"].max < 1e-4
         assert worst[variant]["colors_abs"].max < 1e-5
-    for variant in ("int8-stages",):
+    for variant in ("int8-none", "int8-stages"):
         assert 3e-4 < worst[variant]["means_rel_depth"].p99 < 8e-2  # int8 really ran, and stays close
     # Running the stages one after another (patch ViT 7 tiles at a time) gives the whole program's numbers.
     split = {r.metric: r for r in compare_gaussians(outputs["fp32-none"], outputs["fp32-stages"], None, space="raw")}
@@ -170,7 +170,7 @@ def test_bad_program_files_get_one_line(artifacts, tmp_path, case, message):
         "missing_ptd": lambda f: (f / "model.ptd").unlink(),
         "not_a_pte": lambda f: (f / "model.pte").write_bytes(b"\0" * 4096),
         "foreign_program": lambda f: _foreign(f, split),
-        "foreign_weights": lambda f: shutil.copy(artifacts["int8-stages"] / "patch_encoder.ptd", f / "model.ptd"),
+        "foreign_weights": lambda f: shutil.copy(artifacts["int8-none"] / "model.ptd", f / "model.ptd"),
     }
     broken = _copy_with_manifest_sizes(whole, tmp_path / case, edits[case])
     image = sample_image_path("coffee")
