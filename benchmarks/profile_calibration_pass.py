@@ -3,9 +3,9 @@
     python benchmarks/profile_calibration_pass.py FP32_DIR/model.onnx [--name calibration_pass_profile_full]
 
 Each case runs in its own process: ``plain`` (the fp32 graph as exported, the model alone) and ``calibration`` (the
-graph ``minmax_ranges`` runs: a ReduceMin / ReduceMax pair after each Conv / MatMul tensor, compiled by
-``quantize.openvino_calibration_model``, i.e. what an export runs). Both on OpenVINO with the calibration pass's
-settings (bf16 hint, one stream) and ``PERF_COUNT``, two inferences of the golden pattern; recorded: compile
+graph ``minmax_ranges`` runs: a ReduceMin / ReduceMax pair after each tensor the int8 plan calibrates, i.e. what an
+export runs). Both compiled by ``quantize.openvino_calibration_model`` (fp16 weights, bf16 hint, one stream) with
+``PERF_COUNT``, two inferences of the golden pattern; recorded: compile
 seconds, RSS after compiling, each inference's seconds, the process peak RSS, and the second inference's time per
 OpenVINO node type and per kernel (the counters add a little to the inference time).
 """
@@ -29,22 +29,18 @@ from sharp_export.progress import rss_gb
 from sharp_export.samples import example_inputs
 source, case = Path({source!r}), {case!r}
 start = time.perf_counter()
-if case == "plain":
-    core = ov.Core()
-    core.set_property({{"ENABLE_MMAP": False}})
-    config = {{"INFERENCE_PRECISION_HINT": "bf16", "NUM_STREAMS": "1", "PERF_COUNT": "YES"}}
-    request = core.compile_model(core.read_model(str(source)), "CPU", config).create_infer_request()
+if case == "plain":  # the network alone, compiled as the pass compiles its graph (fp16 weights, same settings)
     tensors = 0
-    label = "openvino bf16, fp32 graph"
+    compiled, label = quantize.openvino_calibration_model(source, {{"PERF_COUNT": "YES"}})
 else:
-    names = quantize.calibration_tensors(quantize._load_graph_only(source), quantize.INT8_OP_TYPES)
+    names = quantize.planned_calibration_tensors(source)
     tensors = len(names)
     augmented, _ = quantize._augmented_with_reductions(source, names)
     try:
         compiled, label = quantize.openvino_calibration_model(augmented, {{"PERF_COUNT": "YES"}})
     finally:
         augmented.unlink(missing_ok=True)
-    request = compiled.create_infer_request()
+request = compiled.create_infer_request()
 compile_s, compiled_rss = time.perf_counter() - start, rss_gb()
 resolution = quantize._load_graph_only(source).graph.input[0].type.tensor_type.shape.dim[-1].dim_value
 example = example_inputs(resolution, 1)

@@ -164,7 +164,7 @@ def main() -> None:
         calibration = load_calibration_set(pool, resolution, size)
         path = work / f"int8_{abs(hash(label))}.onnx"
         start = time.perf_counter()
-        details = oq.quantize_int8(fp32_path, path, calibration, **kwargs)
+        details = oq.quantize_int8(fp32_path, path, calibration, **oq.WHOLE_NETWORK_PLAN, **kwargs)
         seconds = time.perf_counter() - start
         worst = evaluate(path)
         line(label, worst, f"{seconds:.1f} s")

@@ -62,7 +62,7 @@ def main() -> None:
 
     from sharp_export.calibration.dataset import load_calibration_set
     from sharp_export.contract import ExportRequest
-    from sharp_export.converters.onnx.quantize import INT8_EXCLUDED_MODULES, quantize_int8
+    from sharp_export.converters.onnx.quantize import INT8_EXCLUDED_MODULES, WHOLE_NETWORK_PLAN, quantize_int8
     from sharp_export.export import run_export
     from sharp_export.reference.checkpoint import build_model
 
@@ -97,7 +97,9 @@ def main() -> None:
     line("openvino_bf16_unquantized", results["openvino_bf16_unquantized"])
     # The shipped route: the onnx target's int8 step (same calibration photos), read by OpenVINO.
     qdq = work / "int8_qdq.onnx"
-    quantize_int8(onnx_path, qdq, calibration, excluded_modules=INT8_EXCLUDED_MODULES, reduce_range=True)
+    quantize_int8(
+        onnx_path, qdq, calibration, excluded_modules=INT8_EXCLUDED_MODULES, reduce_range=True, **WHOLE_NETWORK_PLAN
+    )
     shipped = core.read_model(str(qdq))
     results["onnx_int8_qdq_in_openvino (shipped)"] = {
         "fake_quantize_ops": sum(1 for op in shipped.get_ordered_ops() if op.get_type_name() == "FakeQuantize"),

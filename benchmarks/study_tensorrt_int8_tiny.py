@@ -26,6 +26,7 @@ from sharp_export.converters.onnx.quantize import (  # noqa: E402
     INT8_EXCLUDED_MODULES,
     TENSORRT_INT8_EXCLUDED_MODULES,
     TENSORRT_INT8_OPTIONS,
+    WHOLE_NETWORK_PLAN,
     quantize_int8,
 )
 from sharp_export.export import run_export  # noqa: E402
@@ -58,7 +59,7 @@ def fp8_rows(tmp: Path, fp32_onnx: Path, pattern) -> dict:
         print(name, rows[name]["p99"], flush=True)
 
     int8 = tmp / "int8_for_fp8.onnx"
-    quantize_int8(fp32_onnx, int8, pattern.calibration, **TENSORRT_INT8_OPTIONS)
+    quantize_int8(fp32_onnx, int8, pattern.calibration, **TENSORRT_INT8_OPTIONS, **WHOLE_NETWORK_PLAN)
     int8_qdq_to_fp8(int8, fp32_onnx, tmp / "fp8.onnx", external_data=False)
     score("fp8_amax_rewrite_of_tensorrt_int8 (shipped)", tmp / "fp8.onnx")
     model = onnx.load(str(fp32_onnx))
@@ -90,7 +91,8 @@ def main() -> None:
         run_export(ExportRequest(target="onnx", output=fp32, preset="tiny", checkpoint=WEIGHTS_TINY, parity=False))
         for name in names:
             out = Path(tmp) / "int8.onnx"
-            details = quantize_int8(fp32 / "model.onnx", out, pattern.calibration, **CONFIGS[name])
+            plan = {**CONFIGS[name], **WHOLE_NETWORK_PLAN}  # the plan this study measured (before 2026-12-07)
+            details = quantize_int8(fp32 / "model.onnx", out, pattern.calibration, **plan)
             results[name] = {
                 **pattern.score_onnx(out),
                 "quantized_nodes": details["quantized_nodes"],

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import abc
 import os
+import platform
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,6 +24,28 @@ import torch
 from sharp_export.artifact import IOSpec
 from sharp_export.errors import UserInputError
 from sharp_export.reference.gaussians import GAUSSIAN_FIELDS, Gaussians3D
+
+
+def x86_without_vnni() -> bool:
+    """True on an x86 CPU whose /proc/cpuinfo lists no int8 dot-product instructions (AVX-512 VNNI, AVX-VNNI, AMX);
+    False elsewhere, and where /proc/cpuinfo cannot be read (nothing known, nothing to warn about).
+
+    Without them, x86 int8 kernels (ONNX Runtime's and OpenVINO's u8 x s8) add pairs of products in 16 bits, which
+    can saturate with 8-bit weights (converters/onnx/quantize.py INT8_WEIGHT_BITS_NOTE); the int8 runners warn."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        flags = next(line for line in lines if line.startswith("flags")).split(":", 1)[1].split()
+    except (OSError, StopIteration, IndexError):
+        return False
+    return not {"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags)
+
+
+INT8_WITHOUT_VNNI_WARNING = (
+    "warning: this CPU has no VNNI (int8 dot-product) instructions: int8 kernels may saturate here, so {name}'s "
+    "results may differ from those measured with VNNI; check them with `sharp-export parity` on this machine"
+)
 
 
 def omp_threads() -> int | None:

@@ -9,7 +9,9 @@ import numpy as np
 
 from sharp_export.artifact import IOSpec, Manifest
 from sharp_export.errors import MissingDependencyError, UserInputError
+from sharp_export.progress import echo
 from sharp_export.reference.gaussians import Gaussians3D
+from sharp_export.runtime import base
 from sharp_export.runtime.base import Runner, omp_threads, outputs_to_gaussians
 
 
@@ -21,8 +23,10 @@ class OnnxRuntimeRunner(Runner):
         device: str = "cpu",
         intra_op_threads: int | None = None,
         cpu_memory_arena: bool = False,
+        int8: bool = False,
     ):
         super().__init__(io, device)
+        self.int8 = int8  # an int8 artifact: warn on CPUs without VNNI (base.x86_without_vnni)
         self.model_path = Path(model_path)
         # Default: OMP_NUM_THREADS when set, else every core (ORT's own default can pick fewer on shared machines).
         self.intra_op_threads = intra_op_threads or omp_threads() or os.cpu_count() or 1
@@ -65,6 +69,8 @@ class OnnxRuntimeRunner(Runner):
                 fix="check the files with `sharp-export run --verify ...`, or export the artifact again",
             ) from None
         self.output_names = [o.name for o in self.session.get_outputs()]
+        if self.int8 and self.session.get_providers()[0] == "CPUExecutionProvider" and base.x86_without_vnni():
+            echo(base.INT8_WITHOUT_VNNI_WARNING.format(name=self.model_path.name))
 
     def _infer(self, image: np.ndarray, disparity_factor: np.ndarray) -> Gaussians3D:
         assert self.session is not None
@@ -78,4 +84,6 @@ class OnnxRuntimeRunner(Runner):
 
 def open_onnx_artifact(artifact_dir: Path, manifest: Manifest, device: str = "cpu") -> OnnxRuntimeRunner:
     """The onnx target's ``open_runner``."""
-    return OnnxRuntimeRunner(Path(artifact_dir) / manifest.main_file, manifest.io, device)
+    return OnnxRuntimeRunner(
+        Path(artifact_dir) / manifest.main_file, manifest.io, device, int8=manifest.precision == "int8"
+    )

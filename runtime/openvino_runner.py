@@ -4,7 +4,7 @@ Compiling the full-preset IR takes ~7 s on a 2-core Xeon. OpenVINO can keep the 
 import it next time in ~3 s (benchmarks/results/openvino_compile_cache_full.json): the runner keeps one such blob per
 (artifact files, OpenVINO version, CPU, compile settings) under ``~/.cache/sharp-export/openvino/``.
 ``$SHARP_EXPORT_OPENVINO_CACHE`` moves it, or turns it off with ``off``. The OPENVINO_CACHE_KEEP most recently used
-blobs are kept (0.72 GB for the full int8 IR, 2.5 GB for the bf16 one).
+blobs are kept (0.72 GB for the full int8 IR of the whole-network plan, 2.5 GB for the bf16 one).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from sharp_export.artifact import IOSpec
 from sharp_export.errors import MissingDependencyError
 from sharp_export.progress import echo
 from sharp_export.reference.gaussians import Gaussians3D
+from sharp_export.runtime import base
 from sharp_export.runtime.base import Runner, omp_threads, outputs_to_gaussians
 
 INT8_LAYER_TYPES = ("Convolution", "Deconvolution", "FullyConnected", "MatMul")  # OpenVINO CPU layer types
@@ -144,6 +145,8 @@ class OpenVINORunner(Runner):
         )
         if self.int8 and not self.int8_layers:
             echo(f"warning: OpenVINO compiled no int8 layer of {self.model_path.name}: it runs as fp32 here")
+        elif self.int8 and base.x86_without_vnni():
+            echo(base.INT8_WITHOUT_VNNI_WARNING.format(name=self.model_path.name))
         self.output_names = [output.get_any_name() for output in compiled.outputs]
         self.request = compiled.create_infer_request()
 

@@ -77,7 +77,8 @@ def test_int8_no_build_follows_tensorrt_qdq_rules(artifacts):
     qdq = m.conversion["tensorrt_ready"]["qdq"]
     # TensorRT: Q/DQ zero points int8 and 0, no int32 bias DequantizeLinear.
     assert qdq["zero_point_types"] == {"int8": qdq["QuantizeLinear"] + qdq["DequantizeLinear"]}
-    assert qdq["quantized_consumers"]["Conv"] > 50 and qdq["quantized_consumers"]["MatMul"] > 40
+    # Only the ViTs are int8 (tiny: 2 patch embeddings, 8 blocks x 6 MatMuls), as the onnx target's plan.
+    assert qdq["quantized_consumers"] == {"Conv": 2, "MatMul": 48}
     assert m.conversion["int8_rules"] == "tensorrt" and m.conversion["activations"].startswith("int8, symmetric")
     assert m.conversion["tensorrt_ready"]["release"] == "10.3" and m.conversion["tensorrt_ready"]["max_opset"] == 20
     assert "int32" not in m.conversion["tensorrt_ready"]["element_types"]
@@ -154,12 +155,12 @@ def test_fp8_no_build_is_float8_qdq_rescaled_from_the_int8_graph(artifacts):
     assert checks["opset"] == 19 and m.conversion["opset_change"] == {
         "opset_from": 18, "opset": 19, "opset_check": "onnx version converter: no node changed"}  # fmt: skip
     assert "int8" not in checks["element_types"] and "int32" not in checks["element_types"]
-    assert qdq["quantized_consumers"]["Conv"] > 50 and qdq["quantized_consumers"]["MatMul"] > 40
+    assert qdq["quantized_consumers"] == {"Conv": 2, "MatMul": 48}  # the int8 graph's plan: the ViTs only
     # The weights are E4M3 values scaled to their channel's amax / 448: the largest magnitude per channel is 448.
     graph = onnx.load(str(out / "model.onnx")).graph
     inits = {t.name: t for t in graph.initializer}
     weight_dq = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits]
-    assert len(weight_dq) == m.conversion["fp8_weight_nodes"] > 90
+    assert len(weight_dq) == m.conversion["fp8_weight_nodes"] > 30
     tensor = inits[weight_dq[0].input[0]]
     assert tensor.data_type == onnx.TensorProto.FLOAT8E4M3FN
     values = np.frombuffer(tensor.raw_data, dtype=ml_dtypes.float8_e4m3fn).astype(np.float32)
@@ -170,7 +171,9 @@ def test_fp8_no_build_is_float8_qdq_rescaled_from_the_int8_graph(artifacts):
     # Runs in ONNX Runtime CPU (float8 Q/DQ as fake quantization), gated by the fp8-tensorrt rows.
     assert m.parity["status"] == "passed"
     rows = {r["metric"]: r for r in json.loads((out / "parity.json").read_text())["attributes"]}
-    assert 1e-2 < rows["means_rel_depth"]["p99"] < 0.11  # measured 7.3e-2 (E4M3: 3 mantissa bits)
+    # E4M3 keeps 3 mantissa bits: measured z p99 1.04e-3 with the ViTs alone quantized (7.3e-2 when every network
+    # conv was), so the bounds below still tell an fp8 graph from an fp32 one (z p99 ~1e-7) and from the old plan.
+    assert 2e-4 < rows["means_rel_depth"]["p99"] < 4e-3
 
 
 def test_static_check_reads_zero_points_from_external_data(tmp_path, artifacts, monkeypatch):

@@ -99,3 +99,24 @@ def test_omp_threads_bounds_the_runtimes_pools(monkeypatch, value, expected):
         from sharp_export.runtime.onnxruntime_runner import OnnxRuntimeRunner
 
         assert OnnxRuntimeRunner(Path("unused.onnx"), raw_io_spec(384, 1)).intra_op_threads == expected
+
+
+@pytest.mark.parametrize(
+    "machine, flags, expected",
+    [
+        ("x86_64", "fpu avx2 avx512f", True),  # AVX2 / AVX-512F only: int8 kernels may saturate
+        ("x86_64", "fpu avx2 avx512f avx512_vnni", False),
+        ("x86_64", "fpu avx2 avx_vnni", False),  # Alder Lake and later client CPUs
+        ("aarch64", "fp asimd", False),  # not x86: the u8 x s8 saturation does not apply
+    ],
+)
+def test_x86_without_vnni_reads_the_cpu_flags(monkeypatch, machine, flags, expected):
+    from sharp_export.runtime import base
+
+    monkeypatch.setattr(base.platform, "machine", lambda: machine)
+    real_read_text = Path.read_text
+    fake = f"processor\t: 0\nflags\t\t: {flags}\n"
+    monkeypatch.setattr(
+        Path, "read_text", lambda self, *a, **k: fake if str(self) == "/proc/cpuinfo" else real_read_text(self, *a, **k)
+    )
+    assert base.x86_without_vnni() is expected

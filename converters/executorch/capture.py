@@ -22,10 +22,10 @@ reciprocal / pow / amin / where / comparisons (no weights, 4.7M elements at most
 them in every manifest.
 
 **int8 regions** (:func:`int8_quantizes`): one rule list, built from the ONNX int8 rules' own constants (never
-copied): a node is quantized when it is a convolution or linear layer traced inside one of the network modules
-(``converters/onnx/graph.py`` ``NETWORK_MODULES``) and not inside a module the ONNX rules keep float
-(``converters/onnx/quantize.py`` ``INT8_EXCLUDED_MODULES``). Ops traced in the predictor itself are the tail and
-stay float.
+copied): a node is quantized when it is a convolution or linear layer traced inside one of the modules the ONNX
+rules quantize (``converters/onnx/quantize.py`` ``INT8_QUANTIZED_MODULES``: the encoder's two ViTs) and not
+inside a module they keep float (``INT8_EXCLUDED_MODULES``). Everything else, the tail included, stays float.
+Unlike the ONNX graph, XNNPACK's int8 layers also quantize their outputs.
 """
 
 from __future__ import annotations
@@ -38,8 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sharp_export.converters.onnx.graph import NETWORK_MODULES
-from sharp_export.converters.onnx.quantize import INT8_EXCLUDED_MODULES
+from sharp_export.converters.onnx.quantize import INT8_EXCLUDED_MODULES, INT8_QUANTIZED_MODULES
 
 aten = torch.ops.aten
 
@@ -48,7 +47,7 @@ aten = torch.ops.aten
 INT8_OP_TARGETS = (aten.conv2d.default, aten.convolution.default, aten.linear.default)
 # The XNNPACK quantizer's patterns kept (by its pattern names): the layers, with the ReLU XNNPACK fuses into them.
 INT8_PATTERNS = ("conv", "conv_relu", "linear", "linear_relu")
-INT8_FLOAT_MODULES = INT8_EXCLUDED_MODULES  # the one list the int8 rules follow (issue 33 may extend it)
+INT8_FLOAT_MODULES = INT8_EXCLUDED_MODULES  # the ONNX rules' lists, so both targets quantize the same layers
 
 
 def attention_math(
@@ -129,7 +128,7 @@ def module_paths(node: torch.fx.Node) -> list[str]:
 
 
 def int8_quantizes(node: torch.fx.Node) -> bool:
-    """True when int8 quantizes ``node`` (module docstring: network conv / linear, not an excluded module).
+    """True when int8 quantizes ``node`` (module docstring: a ViT conv / linear, not in an excluded module).
 
     The XNNPACK quantizer asks about every node of a pattern: the weight and bias inputs (accepted: the layer
     decides) and the ReLU it fuses into a conv (accepted when its conv is).
@@ -142,9 +141,9 @@ def int8_quantizes(node: torch.fx.Node) -> bool:
     if node.target not in INT8_OP_TARGETS:
         return False
     paths = module_paths(node)
-    in_network = any(part in NETWORK_MODULES for path in paths for part in path.split("."))
+    inside = any(f".{m}." in f".{path}." for path in paths[-1:] for m in INT8_QUANTIZED_MODULES)
     excluded = any(path == m or path.endswith("." + m) for path in paths for m in INT8_FLOAT_MODULES)
-    return in_network and not excluded
+    return inside and not excluded
 
 
 _FUSED_ACTIVATIONS = (aten.relu.default, aten.relu_.default, aten.hardtanh.default, aten.hardtanh_.default)

@@ -30,6 +30,7 @@ from sharp_export.converters.executorch.capture import (
     INT8_FLOAT_MODULES,
     INT8_OP_TARGETS,
     INT8_PATTERNS,
+    INT8_QUANTIZED_MODULES,
     delegate_count,
     export_graph,
     int8_quantizes,
@@ -140,9 +141,10 @@ def quantize_stages(
         "quantizer": "PT2E (torchao prepare_pt2e/convert_pt2e) with the XNNPACK quantizer: weights int8 symmetric "
         "per output channel, activations int8 per tensor (min/max over the calibration photos)",
         "quantized_ops": [str(t) for t in INT8_OP_TARGETS],
+        "quantized_modules": list(INT8_QUANTIZED_MODULES),
         "float_modules": list(INT8_FLOAT_MODULES),
-        "float_rule": "the tail (ops traced outside monodepth_model / feature_model / prediction_head), the modules "
-        "above, transposed convolutions, attention matmuls, norms and element-wise ops stay fp32",
+        "float_rule": "only conv / linear layers inside quantized_modules (the encoder's two ViTs) are int8; the "
+        "decoders, heads, tail, attention matmuls, norms and element-wise ops stay fp32",
         "quantized_layers": quantized,
         "calibration": calibration.describe(),
         "calibration_seconds": round(calibrate_s, 2),

@@ -28,8 +28,8 @@ from sharp_export.converters.onnx.half import HALF_TYPES, write_half
 from sharp_export.converters.onnx.modelopt import MODELOPT_PRECISIONS, QUANTIZERS, quantize_with_modelopt
 from sharp_export.converters.onnx.quantize import (
     INT8_RULES,
+    INT8_WEIGHT_BITS_NOTE,
     ONNXRUNTIME_INT8_OPTIONS,
-    ORT_REDUCE_RANGE_NOTE,
     TENSORRT_INT8_EXCLUDED_MODULES,
     TENSORRT_INT8_OPTIONS,
     quantize_int8,
@@ -134,9 +134,9 @@ def reduce_precision(
 
     ``precision``: fp16, bf16 (the tensorrt target; ONNX Runtime's CPU kernels cannot run it), int8, or fp8 (the
     tensorrt target: float8e4m3fn Q/DQ, which ONNX Runtime's CPU kernels run as fake quantization).
-    ``int8_rules``: "onnxruntime" (uint8 asymmetric activations, int32 biases: ONNX Runtime's fastest CPU kernels)
-    or "tensorrt" (int8 symmetric activations and fp32 biases: TensorRT's DequantizeLinear reads int8 / fp8 / int4
-    with zero point 0 only).
+    ``int8_rules``: "onnxruntime" (uint8 asymmetric activations, int32 biases: ONNX Runtime's fastest CPU kernels,
+    and OpenVINO's) or "tensorrt" (int8 symmetric activations and fp32 biases: TensorRT's DequantizeLinear reads
+    int8 / fp8 / int4 with zero point 0 only).
     ``quantizer``: who places int8 / fp8 Q/DQ for the tensorrt rules: "ort" (ONNX Runtime's quantizer) or
     "modelopt" (NVIDIA ModelOpt's ONNX PTQ, ``modelopt.py``).
     ``keep_fp32_ops``: fp16 / bf16 only: op types the cast plan keeps fp32 everywhere (op type -> why; tensorrt-rtx
@@ -183,10 +183,9 @@ def reduce_precision(
             calibration_runtime=calibration_runtime,
             **rules,
         )
+        details["weight_bits_why"] = INT8_WEIGHT_BITS_NOTE
         if tensorrt:
             details["biases"] = "fp32 (TensorRT fuses them; its DequantizeLinear takes no int32)"
-        else:
-            details["reduce_range_why"] = ORT_REDUCE_RANGE_NOTE
     elif precision == "fp8":
         # fp8 = the TensorRT-rule int8 graph with every Q/DQ retyped to float8e4m3fn (fp8.py).
 

@@ -2,9 +2,10 @@
 
 * **int8** (:func:`quantize_int8`): ``onnxruntime.quantization.quantize_static`` in QDQ format, weights int8
   symmetric per output channel, activations calibrated on real photos (a low-memory MinMax pass,
-  :func:`minmax_ranges`); the tail (``graph.node_regions``) and the disparity head are passed as
-  ``nodes_to_exclude``. Two rule sets: ONNX Runtime's (uint8 asymmetric activations, the onnx and openvino
-  targets) and TensorRT's (int8 symmetric activations, fp32 biases, the Gaussian heads fp32).
+  :func:`minmax_ranges`). Only the Conv / MatMul nodes of the encoder's two ViTs are quantized
+  (``INT8_QUANTIZED_MODULES``), with Q/DQ on what they read, not on what they write; everything else stays float.
+  Two rule sets: ONNX Runtime's (uint8 asymmetric activations; the onnx and openvino targets) and TensorRT's (int8
+  symmetric activations, fp32 biases); weights int8 (8 bits) per output channel in both.
 
 torch is not imported here; onnx and onnxruntime only inside the functions.
 """
@@ -40,6 +41,21 @@ INT8_EXCLUDED_NOTE = (
     "from 5.7e-3 to 3.0e-2 (tiny study, benchmarks/results/onnx_precision_study_tiny.json). The head keeps fp32 "
     "weights and compute, but its input is the decoder's last conv output, which ORT's QDQ quantizer rounds to uint8"
 )
+# Where int8 goes (issue 33): the Conv / MatMul nodes of the two DINOv2 ViTs only (patch and image encoders: 36
+# ViT-L passes, ~64 % of the full preset's estimated FLOPs, docs/architecture.md), with Q/DQ on the tensors they read
+# only (ONNX Runtime's OpTypesToExcludeOutputQuantization); everything else float. Quantizing every network Conv /
+# MatMul passed on the golden recipe's perturbed weights but not on weights with a live disparity (--live-disparity):
+# depth is f / disparity there, and the int8 error reaching the disparity (pre-ReLU p99 2.5e-3) became depth p99
+# ~0.07 against the 0.015 row. Fake-quant study at full size (benchmarks/results/int8_full_live_study.json): the
+# regions' errors add in quadrature (decoder 2.1e-3, patch ViT 1.1e-3, upsample / fuse 0.8e-3, image ViT 0.1e-3);
+# the ViTs only, inputs only: 4.7e-4, under the ~5.5e-4 the row needs.
+INT8_QUANTIZED_MODULES = (
+    "monodepth_model.monodepth_predictor.encoder.patch_encoder",
+    "monodepth_model.monodepth_predictor.encoder.image_encoder",
+)
+# quantize_int8 settings of the plan before 2026-12-07 (every network Conv / MatMul, Q/DQ on inputs and outputs),
+# which the tiny studies in benchmarks/ measured; they pass it to stay reproducible.
+WHOLE_NETWORK_PLAN: dict[str, Any] = {"quantized_modules": None, "outputs_float": False}
 # TensorRT's symmetric int8 activations cost accuracy on SHARP's mostly-positive activations; the Gaussian heads
 # (the decoder's geometry / texture heads and the prediction head: 12 of the tiny preset's 81 quantized convs) stay
 # fp32. Tiny golden pattern, ONNX Runtime CPU (benchmarks/results/tensorrt_int8_study_tiny.json): on a Xeon with
@@ -50,21 +66,26 @@ TENSORRT_INT8_EXCLUDED_MODULES = INT8_EXCLUDED_MODULES + (
     "feature_model.texture_head",
     "prediction_head",
 )
-# ONNX Runtime's uint8 x int8 kernels on x86 CPUs without VNNI (AVX2, AVX-512F) sum pairs of products in int16
-# and saturate; 7-bit weights (reduce_range) avoid it. Measured on an AMD EPYC with AVX2 only, tiny golden pattern,
-# 4 sample photos: full range scales_log p99 0.167, colours 5.2e-3; reduce_range 0.057 and 1.3e-3. The artifact
-# may run on any CPU, so it is always built that way (on VNNI CPUs it costs the weights one bit).
-ORT_REDUCE_RANGE_NOTE = (
-    "weights quantized to 7 bits (reduce_range): ONNX Runtime's u8s8 kernels saturate on x86 CPUs without VNNI "
-    "(measured on AVX2: scales_log p99 0.167 -> 0.057, colours 5.2e-3 -> 1.3e-3)"
+# Weights keep 8 bits. ONNX Runtime's (and OpenVINO's) u8 x s8 kernels on x86 CPUs without VNNI (AVX2, AVX-512F)
+# add pairs of products in 16 bits and can saturate; 7-bit weights (reduce_range) avoid it, and the int8 graphs were
+# built so until 2026-12-07 (measured on an AMD EPYC with AVX2 only, whole-network plan, tiny golden pattern: 8-bit
+# scales_log p99 0.167, colours 5.2e-3; 7-bit 0.057 and 1.3e-3). With the ViTs alone int8, the weights' rounding is
+# most of the error that reaches the disparity (fake-quant, live-disparity full-size weights, golden pattern:
+# pre-ReLU error p99 6.4e-4 with 7-bit weights, 4.6e-4 with 8-bit; benchmarks/results/int8_full_live_study.json),
+# and 7-bit weights failed the depth row end to end (OpenVINO and ONNX Runtime int8 on that vector: depth p99 0.019
+# against 0.015). So 8 bits, as OpenVINO's own quantizer (NNCF) keeps them but for the first layer; the runners warn
+# on an x86 CPU without VNNI, where this was not measured.
+INT8_WEIGHT_BITS_NOTE = (
+    "weights keep 8 bits: with 7 the full preset's depth error on a live disparity exceeded its row (p99 0.019 "
+    "against 0.015); on x86 CPUs without VNNI the u8 x s8 int8 kernels may saturate (not measured with this plan; "
+    "the runners warn there)"
 )
 INT8_RULES = ("onnxruntime", "tensorrt")  # whose Q/DQ conventions the int8 graph follows (reduce_precision)
-# quantize_int8's settings per rule set: ONNX Runtime's (uint8 asymmetric activations, int32 biases, 7-bit weights,
-# see ORT_REDUCE_RANGE_NOTE) and TensorRT's (int8 symmetric activations, fp32 biases, the Gaussian heads fp32).
+# quantize_int8's settings per rule set: ONNX Runtime's (uint8 asymmetric activations, int32 biases; the onnx and
+# openvino targets) and TensorRT's (int8 symmetric activations, fp32 biases, the Gaussian heads fp32).
 ONNXRUNTIME_INT8_OPTIONS: dict[str, Any] = {
     "activations": "uint8",
     "excluded_modules": INT8_EXCLUDED_MODULES,
-    "reduce_range": True,
 }
 TENSORRT_INT8_OPTIONS: dict[str, Any] = {
     "activations": "int8",
@@ -111,24 +132,53 @@ def excluded_nodes(graph: onnx.GraphProto, modules: Sequence[str] = INT8_EXCLUDE
     return excluded
 
 
-def calibration_tensors(model: onnx.ModelProto, op_types: Sequence[str]) -> list[str]:
-    """Float activations the quantizer needs ranges for: inputs and outputs of every node of ``op_types``.
+def in_modules(node: onnx.NodeProto, modules: Sequence[str]) -> bool:
+    """Whether the node was traced inside one of ``modules`` (module paths as in the state_dict)."""
+    innermost = module_paths(node_namespace(node) or "")[-1:]
+    return any(f".{module}." in f".{path}." for path in innermost for module in modules)
 
-    The same selection as onnxruntime's own calibrators (``select_tensors_to_calibrate``).
-    """
+
+def quantized_nodes(
+    graph: onnx.GraphProto,
+    op_types: Sequence[str] = INT8_OP_TYPES,
+    excluded_modules: Sequence[str] = INT8_EXCLUDED_MODULES,
+    quantized_modules: Sequence[str] | None = INT8_QUANTIZED_MODULES,
+) -> list[str]:
+    """Names of the nodes int8 quantizes: ``op_types`` nodes inside ``quantized_modules`` (None: anywhere in the
+    network), minus :func:`excluded_nodes`."""
+    excluded = set(excluded_nodes(graph, excluded_modules))
+    return [
+        node.name
+        for node in graph.node
+        if (not op_types or node.op_type in op_types)  # no op types: every op type (a study's setting)
+        and node.name not in excluded
+        and (quantized_modules is None or in_modules(node, quantized_modules))
+    ]
+
+
+def calibration_tensors(model: onnx.ModelProto, nodes: Sequence[str], outputs: bool = False) -> list[str]:
+    """Float activations the quantizer needs ranges for: the inputs of ``nodes`` (names), and their outputs when
+    ``outputs`` (ONNX Runtime's default placement; int8 here quantizes inputs only)."""
     import onnx
 
     graph = model.graph
     types = {v.name: v.type.tensor_type.elem_type for v in (*graph.value_info, *graph.input, *graph.output)}
     weights = {t.name for t in graph.initializer}
+    wanted = set(nodes)
     names: dict[str, None] = {}
     for node in graph.node:
-        if op_types and node.op_type not in op_types:
+        if node.name not in wanted:
             continue
-        for name in (*node.input, *node.output):
+        for name in (*node.input, *(node.output if outputs else ())):
             if name and name not in weights and types.get(name) in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16):
                 names[name] = None
     return list(names)
+
+
+def planned_calibration_tensors(fp32_path: Path) -> list[str]:
+    """The activations the int8 plan (:func:`quantize_int8`'s defaults) calibrates in the fp32 graph at a path."""
+    model = _load_graph_only(fp32_path)
+    return calibration_tensors(model, quantized_nodes(model.graph))
 
 
 # Who runs the calibration graph (``--calib-runtime``). Full preset, 2-core Xeon with AMX: OpenVINO with the bf16
@@ -261,7 +311,7 @@ def _openvino_request(augmented: Path, names: list[str]) -> tuple[Callable[[dict
 
 
 def minmax_ranges(
-    fp32_path: Path, calibration: CalibrationSet, op_types: Sequence[str], runtime: str = "onnxruntime"
+    fp32_path: Path, calibration: CalibrationSet, tensors: Sequence[str], runtime: str = "onnxruntime"
 ) -> tuple[dict[str, tuple], str]:
     """MinMax calibration with a bounded memory footprint: tensor name -> (lowest, highest) over the set, and the
     runtime that computed them (e.g. "openvino 2026.4 bf16", for the manifest).
@@ -274,7 +324,6 @@ def minmax_ranges(
     """
     import numpy as np
 
-    tensors = calibration_tensors(_load_graph_only(fp32_path), op_types)
     augmented, names = _augmented_with_reductions(fp32_path, tensors)
     try:
         run, runtime_label = (_openvino_request if runtime == "openvino" else _onnxruntime_session)(augmented, names)
@@ -313,13 +362,13 @@ CALIBRATION_CACHE_ENV = "SHARP_EXPORT_CALIBRATION_CACHE"
 
 
 def ranges_cache_key(
-    fp32_path: Path, calibration: CalibrationSet, op_types: Sequence[str], runtime: str = "onnxruntime"
+    fp32_path: Path, calibration: CalibrationSet, tensors: Sequence[str], runtime: str = "onnxruntime"
 ) -> str:
     """sha256 over the fp32 graph's nodes and initializer names / shapes, its external data file, the calibration
-    set's hash, the op types and the runtime (bf16 and fp32 activations give slightly different ranges). Not over
-    the model's metadata_props (they carry the export command) nor each node's metadata_props / doc_string: the
-    exporter writes there the Python stack trace and class paths of the code that traced it, so the key would
-    change with the checkout's folder and with any line moved in the model's source."""
+    set's hash, the calibrated tensors' names and the runtime (bf16 and fp32 activations give slightly different
+    ranges). Not over the model's metadata_props (they carry the export command) nor each node's metadata_props /
+    doc_string: the exporter writes there the Python stack trace and class paths of the code that traced it, so the
+    key would change with the checkout's folder and with any line moved in the model's source."""
     import hashlib
 
     import onnx
@@ -340,7 +389,7 @@ def ranges_cache_key(
             digest.update(tensor.raw_data)
     data = fp32_path.with_name(fp32_path.name + ".data")
     digest.update((sha256_file(data) if data.exists() else "inline").encode())
-    digest.update(f"{calibration.sha256}:{','.join(op_types)}".encode())
+    digest.update(f"{calibration.sha256}:{','.join(sorted(tensors))}".encode())
     if runtime != "onnxruntime":  # keys written before the runtime choice existed stay valid for onnxruntime
         digest.update(runtime.encode())
     if runtime == "openvino":  # since the pass compiles fp16 weights (_openvino_request): not the f32-weight ranges
@@ -349,7 +398,7 @@ def ranges_cache_key(
 
 
 def cached_minmax_ranges(
-    fp32_path: Path, calibration: CalibrationSet, op_types: Sequence[str], runtime: str = "onnxruntime"
+    fp32_path: Path, calibration: CalibrationSet, tensors: Sequence[str], runtime: str = "onnxruntime"
 ) -> tuple[dict, str]:
     """:func:`minmax_ranges`, read from / written to ``$SHARP_EXPORT_CALIBRATION_CACHE`` when that is set; returns
     the ranges and where they came from (for the manifest)."""
@@ -359,16 +408,16 @@ def cached_minmax_ranges(
 
     folder = os.environ.get(CALIBRATION_CACHE_ENV)
     if not folder:
-        ranges, label = minmax_ranges(fp32_path, calibration, op_types, runtime)
+        ranges, label = minmax_ranges(fp32_path, calibration, tensors, runtime)
         return ranges, f"computed on {label}"
-    key = ranges_cache_key(fp32_path, calibration, op_types, runtime)
+    key = ranges_cache_key(fp32_path, calibration, tensors, runtime)
     path = Path(folder) / f"minmax_{key}.json"
     if path.is_file():
         echo(f"    int8: calibration ranges read from {path} (${CALIBRATION_CACHE_ENV})")
         found = json.loads(path.read_text())
         ranges = {t: (np.array(lo, dtype=np.float32), np.array(hi, dtype=np.float32)) for t, (lo, hi) in found.items()}
         return ranges, f"cache {path.name} ({runtime})"
-    ranges, label = minmax_ranges(fp32_path, calibration, op_types, runtime)
+    ranges, label = minmax_ranges(fp32_path, calibration, tensors, runtime)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".part")
     tmp.write_text(json.dumps({t: [float(lo), float(hi)] for t, (lo, hi) in ranges.items()}))
@@ -404,12 +453,18 @@ def quantize_int8(
     op_types: Sequence[str] = INT8_OP_TYPES,
     external_data: bool = False,
     excluded_modules: Sequence[str] = INT8_EXCLUDED_MODULES,
+    quantized_modules: Sequence[str] | None = INT8_QUANTIZED_MODULES,
+    outputs_float: bool = True,
     extra_options: dict[str, Any] | None = None,
     activations: str = "uint8",
     reduce_range: bool = False,
     calibration_runtime: str = "auto",
 ) -> dict[str, Any]:
     """Static QDQ int8 of the fp32 model at ``fp32_path`` into ``out_path``; returns manifest details.
+
+    ``quantized_modules``: only ``op_types`` nodes inside these modules are quantized (None: the whole network but
+    ``excluded_modules`` and the tail). ``outputs_float``: Q/DQ only on what a quantized node reads; its output stays
+    float unless another quantized node reads it.
 
     ``calibration_runtime``: who runs the MinMax pass (CALIBRATION_RUNTIMES; "auto" = openvino when installed).
 
@@ -432,15 +487,19 @@ def quantize_int8(
     if activations not in ("uint8", "int8"):
         raise ConversionError(f"activations must be uint8 or int8, not {activations!r}")
     symmetric = activations == "int8"
-    graph = onnx.load(str(fp32_path), load_external_data=False).graph
-    excluded = excluded_nodes(graph, excluded_modules)
-    counts = Counter(n.op_type for n in graph.node if n.op_type in op_types and n.name not in excluded)
-    del graph
+    model = onnx.load(str(fp32_path), load_external_data=False)
+    excluded = excluded_nodes(model.graph, excluded_modules)
+    nodes = quantized_nodes(model.graph, op_types, excluded_modules, quantized_modules)
+    tensors = calibration_tensors(model, nodes, outputs=not outputs_float)
+    chosen = set(nodes)
+    counts = Counter(n.op_type for n in model.graph.node if n.name in chosen)
+    del model
     start = time.perf_counter()
+    where = "in " + ", ".join(m.rsplit(".", 1)[-1] for m in quantized_modules) if quantized_modules else "network"
     echo(
         f"    int8: quantize_static (QDQ, {method}, {len(calibration)} calibration images, "
-        f"{sum(counts.values())} {'/'.join(op_types) or 'all'} nodes; {len(excluded)} nodes kept fp32: "
-        f"{', '.join(('tail', *excluded_modules))})"
+        f"{sum(counts.values())} {'/'.join(op_types) or 'all'} nodes {where}, {len(tensors)} activations; "
+        f"kept float: the rest)"
     )
     reader = calibration_reader(calibration)
     cache = None
@@ -450,7 +509,7 @@ def quantize_int8(
 
         cache = out_path.with_name(out_path.name + ".calibration.json")
         runtime = resolve_calibration_runtime(calibration_runtime)
-        ranges, ranges_source = cached_minmax_ranges(fp32_path, calibration, op_types, runtime)
+        ranges, ranges_source = cached_minmax_ranges(fp32_path, calibration, tensors, runtime)
         save_tensors_data(TensorsData(CalibrationMethod.MinMax, ranges), cache)
         reader = None  # quantize_static reads the ranges from the cache and runs no calibrator of its own
     try:
@@ -465,11 +524,17 @@ def quantize_int8(
                 reduce_range=reduce_range,
                 activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
+                nodes_to_quantize=nodes,
                 nodes_to_exclude=excluded,
                 calibrate_method=methods[method],
                 use_external_data_format=external_data,
                 calibration_providers=["CPUExecutionProvider"],
-                extra_options={"WeightSymmetric": True, "ActivationSymmetric": symmetric, **(extra_options or {})},
+                extra_options={
+                    "WeightSymmetric": True,
+                    "ActivationSymmetric": symmetric,
+                    **({"OpTypesToExcludeOutputQuantization": list(op_types)} if outputs_float else {}),
+                    **(extra_options or {}),
+                },
                 calibration_cache_path=cache,
             )
     except (ValueError, RuntimeError, KeyError) as error:
@@ -487,6 +552,11 @@ def quantize_int8(
         "calibration_ranges": ranges_source,
         "op_types_quantized": list(op_types),
         "quantized_nodes": dict(counts),
+        "quantized_modules": list(quantized_modules) if quantized_modules else "the network",
+        "quantized_why": "the encoder's two ViTs only: with the decoders int8 too, the error reaching the disparity "
+        "broke depth on a live disparity (issue 33; converters/onnx/quantize.py INT8_QUANTIZED_MODULES)",
+        "activation_qdq": "inputs of quantized nodes only" if outputs_float else "inputs and outputs",
+        "calibrated_tensors": len(tensors),
         "weights": "int8, symmetric, per output channel" + (" (7-bit range)" if reduce_range else ""),
         "reduce_range": reduce_range,
         "activations": ("int8, symmetric (zero point 0)" if symmetric else "uint8, asymmetric")

@@ -9,13 +9,14 @@ OpenVINO runs the IR with ``INFERENCE_PRECISION_HINT=bf16`` in 14.1 s and the in
   runner when it compiles the model; the file is the same as for fp32.
 * Conversion goes through the ONNX file because ``ov.convert_model`` on the torch module took 17 minutes on
   the full preset (torch tracing of 702M parameters), the ONNX path a fraction of that.
-* ``--precision int8`` converts the onnx target's own int8 graph (``converters/onnx/precision.py``: static
-  QDQ, per-channel int8 weights, uint8 activations calibrated on ``--calib-data`` photos, the tail and the
-  disparity head float). OpenVINO turns each Q/DQ pair into a FakeQuantize and runs those convolutions and
-  matmuls on int8 kernels (VNNI / AMX where the CPU has them). NNCF's own quantizer was tried first and left
-  out: at full size its statistics pass grew past 24 GB and was killed (``INT8_ROUTE_NOTE``).
+* ``--precision int8`` converts the int8 graph of the step every ONNX-based target shares
+  (``converters/onnx/precision.py``: static QDQ in the encoder's two ViTs only, per-channel 8-bit weights, uint8
+  activations calibrated on ``--calib-data`` photos, the rest float). OpenVINO turns each Q/DQ pair into a
+  FakeQuantize and runs those convolutions and matmuls on int8 kernels (VNNI / AMX where the CPU has them). NNCF's
+  own quantizer was tried first and left out: at full size its statistics pass grew past 24 GB and was killed
+  (``INT8_ROUTE_NOTE``).
 * ``--float-ops bf16`` (int8 only) compiles the same int8 IR with the bf16 hint, so the ops int8 leaves float run
-  in bf16: 10.9 s on the full preset, the fastest CPU path measured, gated by its own rows (``int8-bf16-openvino``).
+  in bf16: the fastest CPU path measured, gated by its own rows (``int8-bf16-openvino``).
 
 This row is what the registry imports: OpenVINO, the ONNX step and torch are imported inside its functions only.
 """

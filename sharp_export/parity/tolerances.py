@@ -204,6 +204,11 @@ PROFILES: dict[str, dict[str, Tolerance]] = {
         T(0.999, "max", f"{_ORT16}: min 0.99997; (1 - ssim) x36"),
         T(1e-3, "max", f"{_ORT16}: max 3.0e-5; x33"),
     ),
+    # The int8 / fp8 rows below were derived with the int8 plan of before 2026-12-07 (every network conv int8). With
+    # the ViTs alone int8 (converters/onnx/quantize.py INT8_QUANTIZED_MODULES) the tiny figures are far smaller
+    # (OpenVINO int8 on the golden pattern: z p99 2.7e-4 against 6.4e-3; fp8 1.0e-3 against 7.4e-2), but the full
+    # preset on a live disparity sits close to these rows (OpenVINO int8 depth p99 0.0138 of 0.015, int8 + bf16 SSIM
+    # 0.9825 of 0.98: docs/full-size-precision.md, section 0), so they were kept, not tightened to tiny figures.
     # ONNX Runtime static int8 QDQ (MinMax-calibrated, weights per channel; tail and disparity head fp32). Measured
     # as fp16-onnx, calibrated on 8 photos of a disjoint pool (study) and on the samples themselves (bench): the
     # worse of the two. Re-measured with reduce_range (7-bit weights) on an AVX2-only AMD EPYC, 5 photos: z p99 6.6e-3,
