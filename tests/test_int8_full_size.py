@@ -1,4 +1,4 @@
-"""One full-size int8 parity check on the perturbed weights (slow: 4 min 46 s and 6.48 GB peak RSS on 2 cores).
+"""One full-size int8 parity check on the perturbed weights (slow: 4 min 42 s and 6.47 GB peak RSS on 2 cores).
 
 A real full-size int8 export is too slow for a CI job (its calibration pass alone takes ~2.5 minutes for the 5 sample
 photos on 2 cores, and quantize_static more). This test checks the same graph another way: the fp32 ONNX of the
