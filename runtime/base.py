@@ -26,20 +26,27 @@ from sharp_export.errors import UserInputError
 from sharp_export.reference.gaussians import GAUSSIAN_FIELDS, Gaussians3D
 
 
+def cpu_flags() -> set[str] | None:
+    """The CPU's ISA flags as /proc/cpuinfo lists them ("flags" on x86, "Features" on ARM); None where it cannot be
+    read (not Linux)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return None
+    line = next((line for line in lines if line.startswith(("flags", "Features")) and ":" in line), None)
+    return set(line.split(":", 1)[1].split()) if line else None
+
+
 def x86_without_vnni() -> bool:
-    """True on an x86 CPU whose /proc/cpuinfo lists no int8 dot-product instructions (AVX-512 VNNI, AVX-VNNI, AMX);
-    False elsewhere, and where /proc/cpuinfo cannot be read (nothing known, nothing to warn about).
+    """True on an x86 CPU whose flags list no int8 dot-product instructions (AVX-512 VNNI, AVX-VNNI, AMX); False
+    elsewhere, and where the flags cannot be read (nothing known, nothing to warn about).
 
     Without them, x86 int8 kernels (ONNX Runtime's and OpenVINO's u8 x s8) add pairs of products in 16 bits, which
     can saturate with 8-bit weights (converters/onnx/quantize.py INT8_WEIGHT_BITS_NOTE); the int8 runners warn."""
-    if platform.machine().lower() not in ("x86_64", "amd64"):
+    flags = cpu_flags()
+    if platform.machine().lower() not in ("x86_64", "amd64") or flags is None:
         return False
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        flags = next(line for line in lines if line.startswith("flags")).split(":", 1)[1].split()
-    except (OSError, StopIteration, IndexError):
-        return False
-    return not {"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags)
+    return not {"avx512_vnni", "avx_vnni", "amx_int8"} & flags
 
 
 INT8_WITHOUT_VNNI_WARNING = (

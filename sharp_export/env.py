@@ -76,15 +76,16 @@ def cpu_info() -> dict[str, Any]:
     """
     import torch
 
+    from sharp_export.runtime.base import cpu_flags  # here: `env` imports no toolchain at module level
+
     model: str | None = None
-    flags: set[str] = set()
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
-            if key.strip() == "model name" and model is None:
+            if key.strip() == "model name":
                 model = value.strip()
-            elif key.strip() in ("flags", "Features") and not flags:
-                flags = set(value.split())
+                break
+    flags = cpu_flags() or set()
     model = model or platform.processor() or platform.machine()
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {

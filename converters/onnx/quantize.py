@@ -17,7 +17,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -141,12 +141,12 @@ def in_modules(node: onnx.NodeProto, modules: Sequence[str]) -> bool:
 def quantized_nodes(
     graph: onnx.GraphProto,
     op_types: Sequence[str] = INT8_OP_TYPES,
-    excluded_modules: Sequence[str] = INT8_EXCLUDED_MODULES,
+    excluded: Collection[str] | None = None,
     quantized_modules: Sequence[str] | None = INT8_QUANTIZED_MODULES,
 ) -> list[str]:
     """Names of the nodes int8 quantizes: ``op_types`` nodes inside ``quantized_modules`` (None: anywhere in the
-    network), minus :func:`excluded_nodes`."""
-    excluded = set(excluded_nodes(graph, excluded_modules))
+    network), minus ``excluded`` (node names; default: :func:`excluded_nodes` with the ONNX Runtime rules)."""
+    excluded = set(excluded_nodes(graph) if excluded is None else excluded)
     return [
         node.name
         for node in graph.node
@@ -489,7 +489,7 @@ def quantize_int8(
     symmetric = activations == "int8"
     model = onnx.load(str(fp32_path), load_external_data=False)
     excluded = excluded_nodes(model.graph, excluded_modules)
-    nodes = quantized_nodes(model.graph, op_types, excluded_modules, quantized_modules)
+    nodes = quantized_nodes(model.graph, op_types, excluded, quantized_modules)
     tensors = calibration_tensors(model, nodes, outputs=not outputs_float)
     chosen = set(nodes)
     counts = Counter(n.op_type for n in model.graph.node if n.name in chosen)
