@@ -86,7 +86,8 @@ def test_manifest_programs_and_delegation(artifacts, variant):
             "monodepth_model.monodepth_predictor.encoder.patch_encoder",
             "monodepth_model.monodepth_predictor.encoder.image_encoder",
         ]
-        assert weights < 0.85 * 3_894_680, weights  # fp32 model.ptd: 3,894,680 bytes; the ViTs hold ~1/3 of them
+        # fp32 model.ptd: 3,894,680 bytes; measured int8 (whole program): 2,466,456 (0.63x: only the ViTs are int8)
+        assert weights < 0.85 * 3_894_680, weights
     else:
         assert 3_800_000 < weights < 4_000_000
 
