@@ -8,6 +8,7 @@ DequantizeLinear pairs where ONNX Runtime's QDQ quantizer puts them, and with th
   ``scale = (max(hi, 0) - min(lo, 0)) / 255`` from calibrated (lo, hi) ranges, zero point ``round(-lo / scale)``;
 * weights: int8 symmetric per output channel (Conv axis 0, MatMul axis 1) with ``reduce_range`` (7 bits:
   ``scale = absmax / 64``, as ONNX Runtime's ``quantize_static(reduce_range=True)`` writes them);
+* with ``symmetric_activations``: int8, zero point 0, ``scale = absmax / 127`` (TensorRT's rules);
 * biases stay fp32 (ONNX Runtime stores Conv biases as int32 at scale s_in * s_w: below 1e-6 relative).
 
 ``check_against`` compares the placement with a real ``quantize_static`` graph (same tensor names). Ranges can be
@@ -126,8 +127,13 @@ def weight_scales(fp32_path: Path, model: Any, plan: QdqPlan, bits: int = 7) -> 
     return scales
 
 
-def activation_qparams(lo: float, hi: float) -> tuple[np.float32, np.uint8]:
+def activation_qparams(lo: float, hi: float, symmetric: bool = False) -> tuple[np.float32, np.uint8 | np.int8]:
+    """uint8 asymmetric (ONNX Runtime's rules), or int8 symmetric with zero point 0 (TensorRT's: ``absmax / 127``,
+    ONNX Runtime's symmetric int8 range [-127, 127])."""
     lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    if symmetric:
+        absmax = max(-lo, hi)
+        return np.float32(absmax / 127.0 if absmax > 0 else 1.0), np.int8(0)
     scale = (hi - lo) / 255.0 if hi > lo else 1.0
     zero = int(np.clip(round(-lo / scale), 0, 255))
     return np.float32(scale), np.uint8(zero)
@@ -144,6 +150,7 @@ def write_variant(
     float_weights: Iterable[str] = (),
     extra_outputs: Sequence[str] = (),
     only_outputs: Sequence[str] | None = None,
+    symmetric_activations: bool = False,
 ) -> dict[str, int]:
     """Write the fp32 graph with fake-quant QDQ pairs beside ``fp32_path`` (it shares the external data file).
 
@@ -164,7 +171,7 @@ def write_variant(
     for name in plan.activations:
         if name in skip_a or name not in ranges:
             continue
-        scale, zero = activation_qparams(*ranges[name])
+        scale, zero = activation_qparams(*ranges[name], symmetric=symmetric_activations)
         s_name, z_name, q, dq = f"{name}__s", f"{name}__z", f"{name}__q", f"{name}__dq"
         new_inits += [numpy_helper.from_array(np.array(scale), s_name), numpy_helper.from_array(np.array(zero), z_name)]
         after.setdefault(name, []).extend(

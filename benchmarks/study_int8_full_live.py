@@ -4,8 +4,9 @@
         python benchmarks/study_int8_full_live.py VARIANTS.json RESULTS.json pattern
 
 VARIANTS.json maps a name to which Conv / MatMul nodes stay float (``float_modules``, ``only_modules``,
-``float_op_suffix``, ...), ``weight_bits`` (7 or 8), ``outputs_float`` (no QDQ on a Conv / MatMul output that no
-quantized node reads) and ``disp_only`` (run only up to the disparity head's last conv). REFS holds
+``float_op_suffix``, ...), ``weight_bits`` (7 or 8), ``symmetric_activations`` (TensorRT's int8 rules),
+``outputs_float`` (no QDQ on a Conv / MatMul output that no quantized node reads) and ``disp_only`` (run only up
+to the disparity head's last conv). REFS holds
 ``pattern.npz`` and ``pattern_prerelu.npy`` from ``benchmarks/study_full_live_refs.py``; RANGES the MinMax ranges
 (``int8_sim.save_ranges``). The numbers in ``benchmarks/results/int8_full_live_study.json`` came from this script
 when it lived in a scratch folder with the old module paths (converters/onnx_graph.py, onnx_quantize.py); only the
@@ -153,6 +154,7 @@ def main():
             float_weights=v.get("float_weights", []) if not v.get("float_all_weights") else list(plan.weights),
             extra_outputs=[DISP],
             only_outputs=[DISP] if v.get("disp_only") else None,
+            symmetric_activations=v.get("symmetric_activations", False),
         )
         sess = sim.ort_session(var)
         entry = results.get(name, {"spec": v, "counts": counts})

@@ -91,7 +91,7 @@ def main() -> None:
         fp32 = tmp / "fp32" / "model.onnx"
 
         start = time.perf_counter()
-        quantize_int8(fp32, tmp / "shipped.onnx", calibration, **TENSORRT_INT8_OPTIONS, **WHOLE_NETWORK_PLAN)
+        quantize_int8(fp32, tmp / "shipped.onnx", calibration, **{**TENSORRT_INT8_OPTIONS, **WHOLE_NETWORK_PLAN})
         score("shipped: ORT quantizer, TensorRT rules, Gaussian heads fp32", tmp / "shipped.onnx",
               time.perf_counter() - start, {})  # fmt: skip
         int8_qdq_to_fp8(tmp / "shipped.onnx", fp32, tmp / "shipped_fp8.onnx", external_data=False)

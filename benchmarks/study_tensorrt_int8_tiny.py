@@ -59,7 +59,7 @@ def fp8_rows(tmp: Path, fp32_onnx: Path, pattern) -> dict:
         print(name, rows[name]["p99"], flush=True)
 
     int8 = tmp / "int8_for_fp8.onnx"
-    quantize_int8(fp32_onnx, int8, pattern.calibration, **TENSORRT_INT8_OPTIONS, **WHOLE_NETWORK_PLAN)
+    quantize_int8(fp32_onnx, int8, pattern.calibration, **{**TENSORRT_INT8_OPTIONS, **WHOLE_NETWORK_PLAN})
     int8_qdq_to_fp8(int8, fp32_onnx, tmp / "fp8.onnx", external_data=False)
     score("fp8_amax_rewrite_of_tensorrt_int8 (shipped)", tmp / "fp8.onnx")
     model = onnx.load(str(fp32_onnx))

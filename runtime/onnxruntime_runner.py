@@ -14,6 +14,15 @@ from sharp_export.reference.gaussians import Gaussians3D
 from sharp_export.runtime import base
 from sharp_export.runtime.base import Runner, omp_threads, outputs_to_gaussians
 
+# ONNX Runtime graph optimizations an int8 artifact opens without. MatMulAddFusion turns each linear layer (MatMul +
+# Add) into a Gemm behind a Reshape before the QDQ fusions run, so the int8 weights were dequantized to fp32 at
+# every run and the layer ran in fp32; without it the QDQ pass makes them MatMulIntegerToFloat (u8 x s8 kernels).
+# Full preset, ViTs-only int8 graph, one 1536 px input, 2-core Xeon with AMX: 101-105 s a run with it, 53-56 s
+# without, the same peak RSS (8.9 GB); benchmarks/bench_onnx_int8_fusion.py. ``disabled_optimizers`` is an
+# InferenceSession keyword ONNX Runtime leaves undocumented; tests/test_onnx_precision.py checks that the fusion
+# still happens.
+INT8_DISABLED_OPTIMIZERS = ("MatMulAddFusion",)
+
 
 class OnnxRuntimeRunner(Runner):
     def __init__(
@@ -60,7 +69,12 @@ class OnnxRuntimeRunner(Runner):
         providers = self.providers()
         try:
             # External data (model.onnx.data) is resolved relative to the model file's directory.
-            self.session = onnxruntime.InferenceSession(str(self.model_path), options, providers=providers)
+            self.session = onnxruntime.InferenceSession(
+                str(self.model_path),
+                options,
+                providers=providers,
+                disabled_optimizers=list(INT8_DISABLED_OPTIMIZERS) if self.int8 else None,
+            )
         except Exception as error:  # ORT's own types (InvalidProtobuf, Fail, ...): a damaged or foreign file
             first = (str(error).strip().splitlines() or [""])[0][:200]
             raise UserInputError(

@@ -2,8 +2,9 @@
 
 * **int8** (:func:`quantize_int8`): ``onnxruntime.quantization.quantize_static`` in QDQ format, weights int8
   symmetric per output channel, activations calibrated on real photos (a low-memory MinMax pass,
-  :func:`minmax_ranges`). Only the Conv / MatMul nodes of the encoder's two ViTs are quantized
-  (``INT8_QUANTIZED_MODULES``), with Q/DQ on what they read, not on what they write; everything else stays float.
+  :func:`minmax_ranges`). Only the layers with weights (Conv / MatMul) of the encoder's two ViTs are quantized
+  (``INT8_QUANTIZED_MODULES``, ``INT8_WEIGHT_LAYERS_ONLY``), with Q/DQ on what they read, not on what they write;
+  everything else stays float.
   Two rule sets: ONNX Runtime's (uint8 asymmetric activations; the onnx and openvino targets) and TensorRT's (int8
   symmetric activations, fp32 biases); weights int8 (8 bits) per output channel in both.
 
@@ -53,9 +54,22 @@ INT8_QUANTIZED_MODULES = (
     "monodepth_model.monodepth_predictor.encoder.patch_encoder",
     "monodepth_model.monodepth_predictor.encoder.image_encoder",
 )
+# Inside the ViTs only the layers with a weight (patch embedding Conv, qkv / proj / fc1 / fc2 MatMuls) are int8;
+# the attention MatMuls (q x k, softmax x v: activation x activation) stay float. Under TensorRT's rules this is
+# accuracy: symmetric int8 spends half its 255 steps on negative values the softmax output never takes. Fake-quant,
+# full preset, live-disparity weights, golden pattern, 8-bit weights (benchmarks/results/int8_full_live_study.json):
+# pre-ReLU error p99 at the disparity, symmetric activations 5.5e-4 with the attention int8, 4.0e-4 float (the
+# TensorRT int8 graph had missed the live depth row on one photo, p99 0.0193 against 0.015, and now passes with
+# 0.0146: docs/full-size-precision.md, section 0); ONNX Runtime's asymmetric rules 4.7e-4 and 4.6e-4 (no change).
+# For every target it halves the tensors the calibration pass reduces (194 instead of 386 at full size: 64 s for the
+# 5 sample photos instead of 139 s). NVIDIA ModelOpt's default int8 recipe for TensorRT likewise quantizes only
+# layers with weights.
+INT8_WEIGHT_LAYERS_ONLY = True
 # quantize_int8 settings of the plan before 2026-12-07 (every network Conv / MatMul, Q/DQ on inputs and outputs),
 # which the tiny studies in benchmarks/ measured; they pass it to stay reproducible.
-WHOLE_NETWORK_PLAN: dict[str, Any] = {"quantized_modules": None, "outputs_float": False}
+WHOLE_NETWORK_PLAN: dict[str, Any] = {"quantized_modules": None, "outputs_float": False, "weight_layers_only": False}
+# The ViTs-only plan of the third session of 2026-12-07 (attention MatMuls int8 too), for the studies that measured it.
+VITS_WITH_ATTENTION_PLAN: dict[str, Any] = {"weight_layers_only": False}
 # TensorRT's symmetric int8 activations cost accuracy on SHARP's mostly-positive activations; the Gaussian heads
 # (the decoder's geometry / texture heads and the prediction head: 12 of the tiny preset's 81 quantized convs) stay
 # fp32. Tiny golden pattern, ONNX Runtime CPU (benchmarks/results/tensorrt_int8_study_tiny.json): on a Xeon with
@@ -143,16 +157,20 @@ def quantized_nodes(
     op_types: Sequence[str] = INT8_OP_TYPES,
     excluded: Collection[str] | None = None,
     quantized_modules: Sequence[str] | None = INT8_QUANTIZED_MODULES,
+    weight_layers_only: bool = INT8_WEIGHT_LAYERS_ONLY,
 ) -> list[str]:
     """Names of the nodes int8 quantizes: ``op_types`` nodes inside ``quantized_modules`` (None: anywhere in the
-    network), minus ``excluded`` (node names; default: :func:`excluded_nodes` with the ONNX Runtime rules)."""
+    network), minus ``excluded`` (node names; default: :func:`excluded_nodes` with the ONNX Runtime rules).
+    ``weight_layers_only``: only nodes that read a weight (an initializer), so not the attention MatMuls."""
     excluded = set(excluded_nodes(graph) if excluded is None else excluded)
+    weights = {t.name for t in graph.initializer} if weight_layers_only else set()
     return [
         node.name
         for node in graph.node
         if (not op_types or node.op_type in op_types)  # no op types: every op type (a study's setting)
         and node.name not in excluded
         and (quantized_modules is None or in_modules(node, quantized_modules))
+        and (not weight_layers_only or any(name in weights for name in node.input))
     ]
 
 
@@ -455,6 +473,7 @@ def quantize_int8(
     excluded_modules: Sequence[str] = INT8_EXCLUDED_MODULES,
     quantized_modules: Sequence[str] | None = INT8_QUANTIZED_MODULES,
     outputs_float: bool = True,
+    weight_layers_only: bool = INT8_WEIGHT_LAYERS_ONLY,
     extra_options: dict[str, Any] | None = None,
     activations: str = "uint8",
     reduce_range: bool = False,
@@ -464,7 +483,8 @@ def quantize_int8(
 
     ``quantized_modules``: only ``op_types`` nodes inside these modules are quantized (None: the whole network but
     ``excluded_modules`` and the tail). ``outputs_float``: Q/DQ only on what a quantized node reads; its output stays
-    float unless another quantized node reads it.
+    float unless another quantized node reads it. ``weight_layers_only``: leave the nodes without a weight (the
+    attention MatMuls) float.
 
     ``calibration_runtime``: who runs the MinMax pass (CALIBRATION_RUNTIMES; "auto" = openvino when installed).
 
@@ -489,7 +509,7 @@ def quantize_int8(
     symmetric = activations == "int8"
     model = onnx.load(str(fp32_path), load_external_data=False)
     excluded = excluded_nodes(model.graph, excluded_modules)
-    nodes = quantized_nodes(model.graph, op_types, excluded, quantized_modules)
+    nodes = quantized_nodes(model.graph, op_types, excluded, quantized_modules, weight_layers_only)
     tensors = calibration_tensors(model, nodes, outputs=not outputs_float)
     chosen = set(nodes)
     counts = Counter(n.op_type for n in model.graph.node if n.name in chosen)
@@ -556,6 +576,7 @@ def quantize_int8(
         "quantized_why": "the encoder's two ViTs only: with the decoders int8 too, the error reaching the disparity "
         "broke depth on a live disparity (issue 33; converters/onnx/quantize.py INT8_QUANTIZED_MODULES)",
         "activation_qdq": "inputs of quantized nodes only" if outputs_float else "inputs and outputs",
+        "attention_matmuls": "float (only nodes with a weight are quantized)" if weight_layers_only else "int8",
         "calibrated_tensors": len(tensors),
         "weights": "int8, symmetric, per output channel" + (" (7-bit range)" if reduce_range else ""),
         "reduce_range": reduce_range,

@@ -166,7 +166,8 @@ def parity_hook(ctx: ParityContext) -> dict[str, Any] | None:
         from sharp_export.runtime.onnxruntime_runner import OnnxRuntimeRunner
 
         echo(f"    parity of {ONNX_PARITY_LABEL}")
-        runner = OnnxRuntimeRunner(onnx_dir / MODEL_FILE, ctx.manifest.io, "cpu")
+        int8 = ctx.manifest.precision == "int8"  # int8 kernels in ONNX Runtime (INT8_DISABLED_OPTIMIZERS)
+        runner = OnnxRuntimeRunner(onnx_dir / MODEL_FILE, ctx.manifest.io, "cpu", int8=int8)
         onnx_summary = check_with_runner(ctx, runner, {"ran": ONNX_PARITY_LABEL})
         summary.update(reason=ONNX_PARITY_LABEL, onnx_parity=onnx_summary, details=onnx_summary["details"])
         if onnx_summary["status"] == "failed":  # the engine cannot be trusted when its own ONNX already fails
