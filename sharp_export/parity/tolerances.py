@@ -75,8 +75,8 @@ _ORT16 = f"measured ORT fp16, {_ONNX_TINY}"
 _ORT8 = f"measured ORT int8, {_ONNX_TINY}"
 _FP8 = "measured TensorRT-ready fp8 ONNX in ORT CPU vs torch fp32, tiny golden perturbed, pattern + 2 photos"
 _TRT8 = "measured TensorRT-ready int8 ONNX in ORT CPU vs torch fp32, tiny golden perturbed, pattern + coffee + chelsea"
-# The full-size worst case beside an int8 / fp8 row: the current plan (the ViTs' layers with weights), the harder of
-# the two full-size test vectors (the live-disparity perturbed weights), worst of coffee and chelsea, 4 views each.
+# The full-size worst case beside a row: the harder of the two full-size test vectors (the live-disparity perturbed
+# weights), worst of coffee and chelsea, 4 views each; for int8 / fp8 the current plan (the ViTs' layers with weights).
 _LIVE = "full, live-disparity weights (parity_full_live.json)"
 _OV8 = "measured OpenVINO int8 (QDQ) vs torch fp32, tiny golden perturbed, coffee + chelsea"
 _OV8BF = "measured OpenVINO int8 (QDQ), float ops bf16, vs torch fp32, tiny golden perturbed, coffee + chelsea"
@@ -181,7 +181,10 @@ PROFILES: dict[str, dict[str, Tolerance]] = {
     ),
     # OpenVINO CPU with INFERENCE_PRECISION_HINT=bf16 (the whole network in bf16, OpenVINO's own choice of ops
     # kept in f32). Measured: `sharp-export parity` of the tiny golden (perturbed) artifact on the coffee and
-    # chelsea photos, 4 views each, OpenVINO 2026.4 on the AVX-512 BF16 CPU; margins ~3x on attributes.
+    # chelsea photos, 4 views each, OpenVINO 2026.4 on the AVX-512 BF16 CPU; margins ~3x on attributes. The SSIM
+    # row comes from the full preset: on the live-disparity weights bf16's views reach 0.9880 / 0.9897 at one pose
+    # per photo (PSNR 41.0-43.3 dB, LPIPS <= 5.1e-3, every attribute row passing), below the tiny figure's 0.99; it
+    # is int8-bf16-openvino's 0.98, whose float ops are these bf16 ops (docs/full-size-precision.md, section 5).
     "bf16-openvino": _rows(
         T(3e-2, "p99", f"{_OV_BF16}: z rel err p99 9.9e-3 (max 2.8e-2)"),
         T(6e-2, "p99", f"{_OV_BF16}: p99 2.0e-2 (max 4.8e-2)"),
@@ -190,7 +193,7 @@ PROFILES: dict[str, dict[str, Tolerance]] = {
         T(1.5e-3, "p99", f"{_OV_BF16}: p99 4.3e-4 (max 1.1e-3)"),
         T(1e-2, "p99", f"{_OV_BF16}: p99 3.1e-3 (max 6.5e-3)"),
         T(40.0, "max", f"{_OV_BF16}: min 45.5 dB over 8 views"),
-        T(0.99, "max", f"{_OV_BF16}: min 0.9959"),
+        T(0.98, "max", f"{_OV_BF16}: min 0.9959; {_LIVE}: 0.9880, (1 - ssim) x1.7"),
         T(0.02, "max", f"{_OV_BF16}: max 0.0044"),
     ),
     # ONNX Runtime fp16 (converters/onnx_half.py: network fp16, tail + GroupNorm statistics fp32). Measured:
