@@ -17,10 +17,10 @@ from sharp_export.runtime.base import Runner, omp_threads, outputs_to_gaussians
 # ONNX Runtime graph optimizations an int8 artifact opens without. MatMulAddFusion turns each linear layer (MatMul +
 # Add) into a Gemm behind a Reshape before the QDQ fusions run, so the int8 weights were dequantized to fp32 at
 # every run and the layer ran in fp32; without it the QDQ pass makes them MatMulIntegerToFloat (u8 x s8 kernels).
-# Full preset, ViTs-only int8 graph, one 1536 px input, 2-core Xeon with AMX: 101-105 s a run with it, 53-56 s
-# without, the same peak RSS (8.9 GB); benchmarks/bench_onnx_int8_fusion.py. ``disabled_optimizers`` is an
-# InferenceSession keyword ONNX Runtime leaves undocumented; tests/test_onnx_precision.py checks that the fusion
-# still happens.
+# Full preset's int8 graph, golden pattern, 2-core Xeon with AMX: 100-106 s a run with it, 47-48 s without, the
+# same 8.7 GB peak, outputs within depth 3e-6 (benchmarks/results/onnx_int8_fusion_full.json).
+# ``disabled_optimizers`` is an InferenceSession keyword ONNX Runtime leaves undocumented;
+# tests/test_onnx_precision.py checks that the fusion still happens.
 INT8_DISABLED_OPTIMIZERS = ("MatMulAddFusion",)
 
 
