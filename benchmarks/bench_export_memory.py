@@ -47,7 +47,11 @@ ROWS: dict[str, tuple[str, str, list[str]]] = {
     "onnx-fp16": ("onnx", "fp16", []),
     "onnx-int8": ("onnx", "int8", ["--calib-data", "samples"]),
     "tensorrt-fp16": ("tensorrt", "fp16", ["--no-build"]),
+    "tensorrt-bf16": ("tensorrt", "bf16", ["--no-build"]),
     "tensorrt-int8": ("tensorrt", "int8", ["--no-build", "--calib-data", "samples"]),
+    "tensorrt-fp8": ("tensorrt", "fp8", ["--no-build", "--calib-data", "samples"]),
+    "executorch-fp32": ("executorch", "fp32", ["--split", "stages"]),
+    "executorch-int8": ("executorch", "int8", ["--split", "stages"]),  # activations quantized as it runs: no photos
 }
 
 
@@ -112,10 +116,13 @@ def main() -> None:
         f"process (preset {args.preset}); int8 calibrated on the 5 bundled sample photos; tree_peak_pss_gb sums "
         "the command and its children",
         checkpoint=args.checkpoint.name,
-        machine=machine_info(),
     )
+    payload.setdefault("machine", machine_info())  # for the rows without their own "machine" (older runs)
     for name in args.rows:
-        payload["rows"][name] = run_row(name, args.checkpoint, workdir, args.keep, args.preset)
+        payload["rows"][name] = {
+            **run_row(name, args.checkpoint, workdir, args.keep, args.preset),
+            "machine": machine_info(),
+        }
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(payload, indent=2) + "\n")  # after every row: a killed run keeps what it measured
     print(f"saved {path}")

@@ -46,7 +46,7 @@ ROWS: dict[str, tuple[str, tuple[str, ...]]] = {
     "tensorrt_bf16": ("tensorrt", ("--precision", "bf16", "--no-build")),
     "tensorrt_int8": ("tensorrt", ("--precision", "int8", *CALIB, "--no-build")),
     "tensorrt_fp8": ("tensorrt", ("--precision", "fp8", *CALIB, "--no-build")),
-    "executorch_int8_stages": ("executorch", ("--precision", "int8", *CALIB, "--split", "stages")),
+    "executorch_int8_stages": ("executorch", ("--precision", "int8", "--split", "stages")),  # no photos: dynamic
 }
 # Core ML rows: torch proxies (mode, --weights); gated by the rows the export would use.
 PROXY_ROWS = {
@@ -178,7 +178,9 @@ def save(rows: dict, weights: Path, weights_sha: str, golden: Path, name: str = 
     merged = {**old.get("rows", {}), **rows}
     doc = {
         "benchmark": name,
-        "machine": machine_info(),
+        # The machine of the rows that carry no "machine" of their own (every row records its own since the
+        # machines of this workplace changed CPU between sessions: Xeon with AMX, then AMD EPYC without).
+        "machine": old.get("machine") or machine_info(),
         "what": "full preset, perturbed weights (benchmarks/make_perturbed_weights.py), every reduced-precision row "
         "exported with the CLI and checked against a golden bundle of coffee + chelsea (torch fp32, 4 views each) "
         "with the artifact's own tolerance rows; Core ML rows are torch proxies",
@@ -213,6 +215,7 @@ def main() -> None:
     for row in args.rows.split(","):
         print(f"== {row}", flush=True)
         load_before = round(os.getloadavg()[0], 2)
+        machine = machine_info()
         if row in PROXY_ROWS:
             mode, profile = PROXY_ROWS[row]
             doc, stats = child_json(PROXY_CHILD, [str(weights), str(args.golden), mode, profile],
@@ -245,6 +248,7 @@ def main() -> None:
                          check_peak_rss_gb=doc.get("peak_rss_gb"), profile=doc["meta"].get("tolerance_profile"),
                          photos=summarize(doc))  # fmt: skip
         entry["load_average"] = {"before": load_before, "after": round(os.getloadavg()[0], 2)}
+        entry["machine"] = machine
         print(json.dumps({row: {k: entry.get(k) for k in ("passed", "failures", "timing")}}), flush=True)
         print(f"saved {save({row: entry}, weights, weights_sha, args.golden, args.name)}", flush=True)
 

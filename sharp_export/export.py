@@ -49,7 +49,7 @@ from sharp_export.reference import checkpoint  # checkpoint.build_model: the one
 from sharp_export.reference.gaussians import Gaussians3D
 from sharp_export.registry import get_target
 from sharp_export.samples import example_inputs
-from sharp_export.targets import CALIBRATED_PRECISIONS, Target
+from sharp_export.targets import Target
 
 DYNAMIC_EXAMPLE_BATCH = 2  # torch.export specialises a dimension whose example size is 0 or 1
 
@@ -76,8 +76,13 @@ def validate_request(target: Target, request: ExportRequest) -> None:
     if request.dynamic_batch and not target.supports_dynamic_batch:
         raise UserInputError(f"target '{name}' does not support --dynamic-batch", fix="export a fixed batch of 1")
     if request.calib_data is not None and not target.supports_calibration:
-        raise UserInputError(f"target '{name}' takes no calibration data", fix="drop --calib-data")
-    if request.precision in CALIBRATED_PRECISIONS and request.calib_data is None:
+        why = (
+            f" (its {'/'.join(target.runtime_quantized)} quantizes activations as it runs)"
+            if target.runtime_quantized
+            else ""
+        )
+        raise UserInputError(f"target '{name}' takes no calibration data{why}", fix="drop --calib-data")
+    if target.needs_calibration(request.precision) and request.calib_data is None:
         raise UserInputError(
             f"{request.precision} needs calibration images; there is no random fallback",
             fix="pass --calib-data DIR with photos like those you will run, or --calib-data samples for the "

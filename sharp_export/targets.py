@@ -58,6 +58,9 @@ class Target:
     default_precision: str = "fp32"
     supports_dynamic_batch: bool = False
     supports_calibration: bool = False
+    # Reduced precisions this target quantizes while it runs (each activation's scale is computed from the tensor
+    # itself, per token: executorch int8): no calibration photos, so they need no --calib-data.
+    runtime_quantized: tuple[str, ...] = ()
     devices: tuple[str, ...] = ("cpu",)  # devices the exported artifact can run on
     options: tuple[TargetOption, ...] = ()
     # Parity tolerance rows per precision: precision -> profile name in sharp_export/parity/tolerances.py.
@@ -92,7 +95,7 @@ class Target:
             raise ValueError(
                 f"target {self.name!r}: default precision {self.default_precision!r} not in {self.precisions}"
             )
-        calibrated = [p for p in self.precisions if p in CALIBRATED_PRECISIONS]
+        calibrated = [p for p in self.precisions if self.needs_calibration(p)]
         if calibrated and not self.supports_calibration:
             raise ValueError(
                 f"target {self.name!r}: {'/'.join(calibrated)} needs supports_calibration=True "
@@ -113,6 +116,10 @@ class Target:
                     f"target {self.name!r}: option tolerance profile {profile!r} names precision {precision!r} "
                     f"and option {option!r}; each must exist"
                 )
+
+    def needs_calibration(self, precision: str) -> bool:
+        """True when an export at ``precision`` needs calibration photos (--calib-data)."""
+        return precision in CALIBRATED_PRECISIONS and precision not in self.runtime_quantized
 
     def tolerance_profile(self, precision: str, options: Mapping[str, Any] | None = None) -> str:
         """Name of the tolerance rows that gate this target at ``precision`` (with an artifact's ``options``)."""

@@ -63,6 +63,17 @@ def test_registering_a_name_twice_is_an_error():
         registry.unregister_target("twice")
 
 
+def test_only_static_int8_and_fp8_need_calibration_photos():
+    onnx, executorch = get_target("onnx"), get_target("executorch")
+    assert onnx.needs_calibration("int8") and not onnx.needs_calibration("fp16")
+    assert get_target("tensorrt").needs_calibration("fp8")
+    # ExecuTorch's int8 computes its activation scales as it runs: no --calib-data on its command at all.
+    assert executorch.runtime_quantized == ("int8",) and not executorch.needs_calibration("int8")
+    assert not executorch.supports_calibration
+    # A runtime-quantized int8 is consistent without supports_calibration; a calibrated one is not (rows below).
+    _fake_target(precisions=("fp32", "int8"), runtime_quantized=("int8",), tolerance_profiles={"int8": "int8-onnx"})
+
+
 def test_unknown_target_names_the_known_ones():
     with pytest.raises(UserInputError, match="unknown target 'nope'.*onnx"):
         get_target("nope")

@@ -25,7 +25,7 @@ them in every manifest.
 copied): a node is quantized when it is a convolution or linear layer traced inside one of the modules the ONNX
 rules quantize (``converters/onnx/quantize.py`` ``INT8_QUANTIZED_MODULES``: the encoder's two ViTs) and not
 inside a module they keep float (``INT8_EXCLUDED_MODULES``). Everything else, the tail included, stays float.
-Unlike the ONNX graph, XNNPACK's int8 layers also quantize their outputs.
+As in the ONNX graph, only the layers' inputs are quantized; their outputs stay fp32.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The executorch target row: ``.pte`` programs for ExecuTorch, PyTorch's on-device runtime (Android, iOS, Linux).
 
-torch.export -> (int8: PT2E with the XNNPACK quantizer, calibrated on ``--calib-data``) -> the XNNPACK partitioner
+torch.export -> (int8: PT2E with the XNNPACK quantizer, activations quantized as the program runs, so no calibration
+photos) -> the XNNPACK partitioner
 -> one ``.pte`` (the graph) and one ``.ptd`` (the weights) per program. ``--split stages`` writes one program per
 stage (``stages.py``) so that an app can run them one after another and release each. The same XNNPACK kernels
 run on Android and iOS CPUs; here their x86 build runs the programs, through ExecuTorch's Python runtime, for
@@ -19,8 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sharp_export.contract import ConvertContext, ConvertResult, ExportRequest
-from sharp_export.converters.onnx.target import CALIB_SIZE_OPTION, validate_calibration
+from sharp_export.contract import ConvertContext, ConvertResult
 from sharp_export.targets import Target, TargetOption, missing_packages, package_version
 
 if TYPE_CHECKING:
@@ -57,31 +57,23 @@ def check_environment() -> str | None:
     return None
 
 
-def validate(request: ExportRequest) -> None:
-    validate_calibration(request)
-
-
 def convert(ctx: ConvertContext) -> ConvertResult:
     import executorch
 
-    from sharp_export.calibration.dataset import load_calibration_set
     from sharp_export.converters.executorch.lower import write_programs
     from sharp_export.converters.executorch.stages import SPLITS
 
     request = ctx.request
-    calibration = None
-    if request.precision == "int8":  # decode the photos first: a bad one fails in seconds, not after the export
-        resolution = int(ctx.example.image.shape[-1])
-        calibration = load_calibration_set(request.calib_data, resolution, request.options.get("calib_size"))
+    int8 = request.precision == "int8"
     split = str(request.options.get("split", "none"))
-    details = write_programs(ctx.model, ctx.example, SPLITS[split], Path(ctx.workdir), calibration)
+    details = write_programs(ctx.model, ctx.example, SPLITS[split], Path(ctx.workdir), int8)
     programs = details["programs"]
     details = {
         "exporter": f"torch.export -> ExecuTorch {getattr(executorch, '__version__', EXECUTORCH_VERSION)} "
         "(to_edge_transform_and_lower, XnnpackPartitioner)",
         "executorch": package_version("executorch"),
         "split": split,
-        "weights": "int8 for the quantized layers, fp32 for the rest" if calibration is not None else "fp32",
+        "weights": "int8 for the quantized layers, fp32 for the rest" if int8 else "fp32",
         "files": [name for p in programs for name in (p["program"], p["data"]) if name],
         **details,
     }
@@ -100,12 +92,11 @@ EXECUTORCH_TARGET = Target(
     extra="executorch",
     description="ExecuTorch .pte programs with the XNNPACK delegate, for Android / iOS CPUs; fp32 / int8",
     precisions=("fp32", "int8"),
-    supports_calibration=True,
+    runtime_quantized=("int8",),
     devices=("cpu",),
-    options=(CALIB_SIZE_OPTION, SPLIT_OPTION),
+    options=(SPLIT_OPTION,),
     tolerance_profiles={"fp32": "fp32-executorch", "int8": "int8-executorch"},
     check_environment=check_environment,
     convert=convert,
     open_runner=open_runner,
-    validate=validate,
 )
