@@ -9,7 +9,8 @@ the export's own parity check on (golden pattern, the artifact's runner against 
 proportional memory (PSS) of the command and of every child it starts is summed every 0.25 s
 (``tree_peak_pss_gb``: what the machine must hold, helper processes included); ``export_peak_rss_gb`` is the export
 process's own ``ru_maxrss``, as its manifest records it. The calibration seconds are the quantizer's
-(``quantize_seconds``: the MinMax pass + ONNX Runtime's quantize_static).
+(``quantize_seconds``: the MinMax pass + ONNX Runtime's quantize_static; for ExecuTorch, PT2E's prepare + convert,
+with no calibration pass).
 
 Rows are merged into ``benchmarks/results/export_memory_full.json`` (a later run replaces only the rows it ran, and
 each row keeps its own date), so one row can be re-measured without the others.
@@ -114,7 +115,7 @@ def main() -> None:
     payload.update(
         what="full-size exports (preset sharp) with their parity check on, one CLI command per row in a fresh "
         f"process (preset {args.preset}); int8 calibrated on the 5 bundled sample photos; tree_peak_pss_gb sums "
-        "the command and its children",
+        "the command and its children; rows with their own machine block ran there, the others on the machine above",
         checkpoint=args.checkpoint.name,
     )
     payload.setdefault("machine", machine_info())  # for the rows without their own "machine" (older runs)

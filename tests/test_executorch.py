@@ -257,7 +257,7 @@ def test_weight_observers_are_fed_without_a_calibration_pass():
 
 def test_lowered_programs_let_the_weights_go():
     """ExecuTorch 1.5.1's is_same_node lru_cache and torch's fake-tensor cache keep each lowered graph, and the model's
-    weights through it, alive after its program is written (2.8 GB at full size during the parity check);
+    weights through it, alive after its program is written, through the export's parity check;
     lower.forget_lowered_graphs clears them. Measured on a toy: alive before, gone after."""
     import gc
     import weakref

@@ -175,10 +175,11 @@ def quantize_stages(
 
 def forget_lowered_graphs() -> None:
     """Let the lowered graphs go. Two process-wide caches keep every lowered program alive and, through it, its
-    delegate's packed weights and the torch model's own weights (all 478 parameters, 2.8 GB at full size), up to and
-    through the parity check: ExecuTorch 1.5.1's unbounded lru_cache on ``exir.backend.utils.is_same_node`` (keyed
-    on fx nodes) and torch's fake-tensor dispatch cache (keys holding the lowered modules). Found with weak
-    references on the tiny preset; called after each stage is written."""
+    delegate's packed weights and the torch model's own weights (all 478 parameters), up to and through the parity
+    check: ExecuTorch 1.5.1's unbounded lru_cache on ``exir.backend.utils.is_same_node`` (keyed on fx nodes) and
+    torch's fake-tensor dispatch cache (keys holding the lowered modules). Found with weak references on the tiny
+    preset; called after each stage is written. At full size the export's peak with its parity check moved only
+    from 11.73 to 11.51 GB (docs/benchmarks.md, "Exports: time and memory")."""
     from executorch.exir.backend.utils import is_same_node
     from torch._subclasses.fake_tensor import FakeTensorMode
 
