@@ -53,6 +53,15 @@ ROWS: dict[str, tuple[str, str, list[str]]] = {
     "tensorrt-fp8": ("tensorrt", "fp8", ["--no-build", "--calib-data", "samples"]),
     "executorch-fp32": ("executorch", "fp32", ["--split", "stages"]),
     "executorch-int8": ("executorch", "int8", ["--split", "stages"]),  # activations quantized as it runs: no photos
+    # Core ML: off macOS the package cannot run, so its check is the torch proxy of the plan (fp16) or fp32 torch.
+    "coreml-fp32": ("coreml", "fp32", []),
+    "coreml-fp16": ("coreml", "fp16", []),
+    # TensorRT-RTX: the engine is built here on the CPU (default compute capability); its check runs the ONNX it was
+    # built from on ONNX Runtime (the engine needs an RTX GPU).
+    "tensorrt-rtx-fp16": ("tensorrt-rtx", "fp16", []),
+    "tensorrt-rtx-bf16": ("tensorrt-rtx", "bf16", []),
+    "tensorrt-rtx-int8": ("tensorrt-rtx", "int8", ["--calib-data", "samples"]),
+    "tensorrt-rtx-fp8": ("tensorrt-rtx", "fp8", ["--calib-data", "samples"]),
 }
 
 

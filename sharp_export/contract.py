@@ -8,7 +8,6 @@ types it names are annotations only) and not torch.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,17 +67,10 @@ class ConvertContext:
         fp32 ONNX is written). run_export keeps no other reference, so its ~3 GB of fp32 weights (full preset) are
         freed before calibration and conversion (if the exporter let go of them too: converters/onnx/export.py);
         ``model`` is None from here on."""
-        import ctypes
-        import gc
-        import sys
+        from sharp_export.progress import give_freed_memory_back
 
         self.model = None  # type: ignore[assignment]
-        gc.collect()
-        if sys.platform.startswith("linux"):
-            # glibc may keep freed heap pages in the process; hand them back. (The measured drop, 3.6 GB at full
-            # size, came with the fix in converters/onnx/export.py; this call's own share was not measured.)
-            with contextlib.suppress(OSError, AttributeError):
-                ctypes.CDLL("libc.so.6").malloc_trim(0)
+        give_freed_memory_back()  # (the 3.6 GB drop measured at full size came with converters/onnx/export.py's fix)
 
 
 @dataclass

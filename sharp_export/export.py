@@ -11,7 +11,6 @@ profile once and hands them to every step.
 
 from __future__ import annotations
 
-import gc
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +43,7 @@ from sharp_export.parity.compare import compare_gaussians
 from sharp_export.parity.runner_check import check_with_runner
 from sharp_export.parity.tolerances import profile_tolerances
 from sharp_export.pipeline import require_finite
-from sharp_export.progress import Stages, echo, peak_rss_gb
+from sharp_export.progress import Stages, echo, give_freed_memory_back, peak_rss_gb, rss_gb
 from sharp_export.reference import checkpoint  # checkpoint.build_model: the one place weights are built
 from sharp_export.reference.gaussians import Gaussians3D
 from sharp_export.registry import get_target
@@ -227,7 +226,8 @@ def run_export(
         with stages.stage(f"convert to {target.name}"):
             result = target.convert(ctx)
         del ctx
-        gc.collect()
+        give_freed_memory_back()
+        echo(f"    after conversion, freed memory handed back: RSS {rss_gb():.1f} GB")
         manifest = Manifest(
             source=source,
             target=target.name,

@@ -24,6 +24,22 @@ def rss_bytes() -> int:
     return int(psutil.Process().memory_info().rss)
 
 
+def give_freed_memory_back() -> None:
+    """Collect garbage, then ask glibc to hand freed heap pages back to the system (no-op off Linux / glibc).
+
+    Freed Python and torch buffers below glibc's mmap threshold stay in the process's heap, and that threshold grows
+    with every large block freed, so a conversion that allocated and freed gigabytes keeps them resident: the next
+    stage (a runner checking parity) then stacks its own memory on top.
+    """
+    import ctypes
+    import gc
+
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def rss_gb() -> float:
     """Resident memory of this process in GB."""
     return rss_bytes() / 1e9

@@ -255,22 +255,38 @@ def test_weight_observers_are_fed_without_a_calibration_pass():
         torch.testing.assert_close(scale, want, rtol=1e-6, atol=0)
 
 
-def test_lowered_programs_let_the_weights_go():
-    """ExecuTorch 1.5.1's is_same_node lru_cache and torch's fake-tensor cache keep each lowered graph, and the model's
-    weights through it, alive after its program is written, through the export's parity check;
-    lower.forget_lowered_graphs clears them. Measured on a toy: alive before, gone after."""
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_lowered_programs_let_the_weights_go(precision):
+    """Process-wide caches keep each lowered graph, and the model's weights through it, alive after its program is
+    written, through the export's parity check: ExecuTorch's is_same_node lru_cache and torch's fake-tensor cache;
+    for int8 also torchao's and torch.ao's device caches (prepare_pt2e, convert_pt2e: int8 fails here without their
+    clearing). lower.forget_lowered_graphs clears them. On a toy: alive before, gone after. (The tiny preset's int8
+    export kept all 5.98 MB of its parameters alive into its check before; full preset: docs/benchmarks.md.)"""
     import gc
     import weakref
 
     import torch
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
     from executorch.exir import to_edge_transform_and_lower
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    from sharp_export.converters.executorch.lower import forget_lowered_graphs
+    from sharp_export.converters.executorch.lower import forget_lowered_graphs, observe_weights
 
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 4, stride=4), torch.nn.Flatten(2), torch.nn.Linear(4, 5)).eval()
     weight = weakref.ref(model[2].weight)
-    program = torch.export.export(model, (torch.randn(1, 3, 8, 8),))
+    example = (torch.randn(1, 3, 8, 8),)
+    program = torch.export.export(model, example)
+    if precision == "int8":
+        dynamic = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True)  # the export's int8 plan
+        quantizer = XNNPACKQuantizer().set_global(dynamic)
+        prepared = prepare_pt2e(program.module(), quantizer)
+        observe_weights(prepared)
+        program = torch.export.export(convert_pt2e(prepared), example)
+        del prepared
     to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch()
     del model, program
     gc.collect()

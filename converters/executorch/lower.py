@@ -174,17 +174,32 @@ def quantize_stages(
 
 
 def forget_lowered_graphs() -> None:
-    """Let the lowered graphs go. Two process-wide caches keep every lowered program alive and, through it, its
-    delegate's packed weights and the torch model's own weights (all 478 parameters), up to and through the parity
-    check: ExecuTorch 1.5.1's unbounded lru_cache on ``exir.backend.utils.is_same_node`` (keyed on fx nodes) and
-    torch's fake-tensor dispatch cache (keys holding the lowered modules). Found with weak references on the tiny
-    preset; called after each stage is written. At full size the export's peak with its parity check moved only
-    from 11.73 to 11.51 GB (docs/benchmarks.md, "Exports: time and memory")."""
+    """Let the lowered graphs go. Process-wide caches keep every lowered program alive and, through it, its
+    delegate's packed weights and the torch model's own weights, up to and through the parity check:
+
+    * ExecuTorch 1.5.1's unbounded lru_cache on ``exir.backend.utils.is_same_node`` (keyed on fx nodes);
+    * torch's fake-tensor dispatch cache (keys holding the lowered modules);
+    * int8: the device caches of torchao and torch.ao (``assert_and_get_unique_device``, unbounded, keyed on every
+      module that prepare_pt2e / convert_pt2e saw).
+
+    Found on the tiny preset (weak references; gc referrers of the parameters still alive when the check began: all
+    5.98 MB of them for int8 before the device caches were cleared, 1.25 MB after, the last stage's, which its
+    caller still holds). Called after each stage is written. Full preset: docs/benchmarks.md, "Exports: time and
+    memory"."""
     from executorch.exir.backend.utils import is_same_node
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     is_same_node.cache_clear()
     FakeTensorMode.cache_clear()
+    # Private functions: a version without them has nothing to clear.
+    with contextlib.suppress(ImportError, AttributeError):
+        from torchao.utils import _assert_and_get_unique_device
+
+        _assert_and_get_unique_device.cache_clear()
+    with contextlib.suppress(ImportError, AttributeError):
+        from torch.ao.quantization.fx.utils import assert_and_get_unique_device
+
+        assert_and_get_unique_device.cache_clear()
 
 
 def tag_weights(program: torch.export.ExportedProgram, tag: str) -> int:

@@ -41,7 +41,8 @@ LARGE_MODEL_BYTES = 1 << 30
 FULL_SIZE_MEMORY_NOTE = (
     "ModelOpt holds several copies of the fp32 graph in memory: on the full preset (2.6 GB of weights) it was "
     "stopped at 19-20 GB of RSS on a 23 GB machine in every try (in its preprocessing, or later in its ONNX Runtime "
-    "calibration); give it well over 24 GB of RAM, or use --quantizer ort (peak 15 GB)"
+    "calibration); give it well over 24 GB of RAM, or use --quantizer ort (the default: 7.8 GB at full size, "
+    "parity check included)"
 )
 MODELOPT_PRECISIONS = ("int8", "fp8")
 INSTALL_HINT = "pip install 'sharp-export[modelopt]'"
