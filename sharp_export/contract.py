@@ -64,13 +64,11 @@ class ConvertContext:
 
     def release_model(self) -> None:
         """Drop the torch model once the target has what it needs from it (the ONNX-based targets: right after the
-        fp32 ONNX is written). run_export keeps no other reference, so its ~3 GB of fp32 weights (full preset) are
-        freed before calibration and conversion (if the exporter let go of them too: converters/onnx/export.py);
-        ``model`` is None from here on."""
-        from sharp_export.progress import give_freed_memory_back
-
+        fp32 ONNX is written). run_export keeps no other reference, so its ~3 GB of fp32 weights (full preset) can be
+        freed before calibration and conversion (if the exporter let go of them too: converters/onnx/export.py); the
+        caller then hands the memory back (progress.give_freed_memory_back: this module imports nothing of the
+        project). ``model`` is None from here on."""
         self.model = None  # type: ignore[assignment]
-        give_freed_memory_back()  # (the 3.6 GB drop measured at full size came with converters/onnx/export.py's fix)
 
 
 @dataclass
