@@ -34,13 +34,7 @@ def main() -> None:
     runner = open_executorch_artifact(artifact, manifest.conversion, manifest.io, "cpu")
     runner.open()
     for spec in runner.programs:
-        inputs = [values[name] for name in spec.inputs]
-        if spec.patch_batch:
-            rows, size = int(inputs[0].shape[0]), spec.patch_batch
-            pieces = [runner.run_program(spec, [t[s : s + size] for t in inputs]) for s in range(0, rows, size)]
-            outputs = [torch.cat(list(group), 0) for group in zip(*pieces, strict=True)]
-        else:
-            outputs = runner.run_program(spec, inputs)
+        outputs = runner.run_stage(spec, [values[name] for name in spec.inputs])
         runner.loaded.pop(spec.name, None)
         for name, got in zip(spec.outputs, outputs, strict=True):
             want, diff = values[name], (got - values[name]).abs()

@@ -174,6 +174,14 @@ class ExecuTorchRunner(Runner):
             raise UserInputError(f"ExecuTorch failed to run {spec.program} ({first})", path=self.artifact_dir,
                                  fix=_REEXPORT) from None  # fmt: skip
 
+    def run_stage(self, spec: ProgramSpec, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """One program on all its rows: ``patch_batch`` rows a run when the program was exported for that many."""
+        if spec.patch_batch is None:
+            return self.run_program(spec, inputs)
+        rows, size = int(inputs[0].shape[0]), spec.patch_batch
+        pieces = [self.run_program(spec, [t[s : s + size] for t in inputs]) for s in range(0, rows, size)]
+        return [torch.cat(list(group), dim=0) for group in zip(*pieces, strict=True)]
+
     def _infer(self, image: np.ndarray, disparity_factor: np.ndarray) -> Gaussians3D:
         values: dict[str, torch.Tensor] = {
             "image": torch.from_numpy(image),
@@ -182,13 +190,7 @@ class ExecuTorchRunner(Runner):
         self.last_stage_seconds = {}
         for position, spec in enumerate(self.programs):
             start = time.perf_counter()
-            inputs = [values[name] for name in spec.inputs]
-            if spec.patch_batch is None:
-                outputs = self.run_program(spec, inputs)
-            else:
-                rows, size = int(inputs[0].shape[0]), spec.patch_batch
-                pieces = [self.run_program(spec, [t[s : s + size] for t in inputs]) for s in range(0, rows, size)]
-                outputs = [torch.cat(list(group), dim=0) for group in zip(*pieces, strict=True)]
+            outputs = self.run_stage(spec, [values[name] for name in spec.inputs])
             if self.release:
                 self.loaded.pop(spec.name, None)
             values.update(zip(spec.outputs, outputs, strict=True))
