@@ -66,6 +66,10 @@ class OnnxRuntimeRunner(Runner):
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = self.intra_op_threads
         options.enable_cpu_mem_arena = self.cpu_memory_arena
+        # Priority-based node order: ONNX Runtime runs the graph in an order that frees activations sooner. Full
+        # preset, golden pattern, one run each in a fresh process, 2-core AMD EPYC (onnxruntime_order_full.json):
+        # int8 peak 7.21 -> 5.02 GB (75.0 -> 73.8 s a run); fp32 6.66 -> 6.73 GB, fp16 7.34 -> 7.25 GB, same speed.
+        options.execution_order = onnxruntime.ExecutionOrder.PRIORITY_BASED
         providers = self.providers()
         try:
             # External data (model.onnx.data) is resolved relative to the model file's directory.
