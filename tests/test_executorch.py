@@ -74,6 +74,9 @@ def test_manifest_programs_and_delegation(artifacts, variant):
     # The ops we caused are gone; what is left is the model's own (norms, tail). Measured tiny: 20 delegates.
     assert not OURS & set(conversion["not_delegated"]), conversion["not_delegated"]
     assert conversion["not_delegated"]["native_layer_norm"] == 18  # 2 ViTs x (4 blocks x 2 + final norm)
+    # 2 heads x 2 blocks x 2 GroupNorms, each rewritten (test_group_norm_keeps_fp32_on_large_groups says why)
+    assert sum(p["rewrites"]["group_norms_two_pass"] for p in conversion["programs"]) == 8
+    assert "native_group_norm" not in conversion["not_delegated"]
     assert conversion["xnnpack_delegates"] >= 10
     if variant.endswith("stages"):
         assert conversion["patch_batch"] == 7  # 21 tiles (16 + 4 + 1) in 3 runs of 7
@@ -294,6 +297,49 @@ def test_lowered_programs_let_the_weights_go(precision):
     forget_lowered_graphs()
     gc.collect()
     assert weight() is None
+
+
+def test_group_norm_keeps_fp32_on_large_groups(tmp_path):
+    """ExecuTorch's portable GroupNorm sums a whole group in one fp32 loop (E[x^2] - E[x]^2): on 1M values a group
+    it is off by ~7e-3, and at full size it failed the fp32 artifact's parity. The export's rewrite
+    (capture.group_norm_two_pass) runs through the same lowering as every stage."""
+    import torch
+    from executorch.exir import to_edge_transform_and_lower
+    from executorch.runtime import Runtime
+
+    from sharp_export.converters.executorch.lower import lower_stage
+
+    class Norm(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            # A layer first, as in the model: statistics of a layer's output (its weights require grad) are what
+            # ExecuTorch's passes refused in the rewrite's batch norm before lowering ran without grad.
+            self.layer = torch.nn.Conv2d(64, 64, 1)
+            self.norm = torch.nn.GroupNorm(4, 64)
+            with torch.no_grad():
+                self.layer.weight.copy_(torch.eye(64)[:, :, None, None])  # identity: the group's values are x's
+                self.layer.bias.zero_()
+            torch.nn.init.uniform_(self.norm.weight, 0.5, 1.5)
+            torch.nn.init.uniform_(self.norm.bias, -0.5, 0.5)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor]:  # x: [1, 64, 256, 256]
+            return (self.norm(self.layer(x)),)
+
+    torch.manual_seed(0)
+    module = Norm().eval()
+    x = torch.randn(1, 64, 256, 256) * 0.5 + 3.0  # 16 x 256 x 256 = 1M values a group, mean 3, std 0.5
+    with torch.no_grad():
+        want = module(x)[0]
+    details = lower_stage(module, (x,), "norm", tmp_path)
+    assert "native_group_norm" not in details["not_delegated"], details["not_delegated"]
+    program = Runtime.get().load_program(str(tmp_path / "norm.pte"), data_path=str(tmp_path / "norm.ptd"))
+    rewritten = program.load_method("forward").execute([x])[0]
+    assert float((rewritten - want).abs().max()) < 2e-5  # measured 2.9e-6
+
+    # The portable kernel, to show what the rewrite is for (and that this test can tell them apart).
+    portable = to_edge_transform_and_lower(torch.export.export(module, (x,))).to_executorch()
+    loaded = Runtime.get().load_program(portable.buffer)
+    assert float((loaded.load_method("forward").execute([x])[0] - want).abs().max()) > 1e-3  # measured 7.0e-3
 
 
 def test_stage_chain_is_the_model():
