@@ -334,12 +334,12 @@ def test_group_norm_keeps_fp32_on_large_groups(tmp_path):
     assert "native_group_norm" not in details["not_delegated"], details["not_delegated"]
     program = Runtime.get().load_program(str(tmp_path / "norm.pte"), data_path=str(tmp_path / "norm.ptd"))
     rewritten = program.load_method("forward").execute([x])[0]
-    assert float((rewritten - want).abs().max()) < 2e-5  # measured 2.9e-6
+    assert float((rewritten - want).abs().max()) < 2e-5  # measured 2.4e-6
 
     # The portable kernel, to show what the rewrite is for (and that this test can tell them apart).
     portable = to_edge_transform_and_lower(torch.export.export(module, (x,))).to_executorch()
     loaded = Runtime.get().load_program(portable.buffer)
-    assert float((loaded.load_method("forward").execute([x])[0] - want).abs().max()) > 1e-3  # measured 7.0e-3
+    assert float((loaded.load_method("forward").execute([x])[0] - want).abs().max()) > 1e-3  # measured 8.1e-3
 
 
 def test_stage_chain_is_the_model():
