@@ -114,7 +114,9 @@ ConvertFn = Callable[[ConvertContext], ConvertResult]
 OpenRunnerFn = Callable[[Path, "Manifest", str], "Runner"]
 # parity_hook(ParityContext) -> summary with at least "status", or None: run the artifact through its own runner.
 ParityHook = Callable[[ParityContext], "dict[str, Any] | None"]
-# proxy(model, example, request) -> ProxyOutputs, or None when no proxy applies (e.g. fp32).
+# proxy(model, example, request) -> ProxyOutputs, or None when no proxy applies (e.g. fp32). Runs after convert, on
+# the model convert read (so a target with a proxy must not release it); it may modify the model, which is dropped
+# after it.
 ProxyFn = Callable[["torch.nn.Module", ExampleInputs, ExportRequest], "ProxyOutputs | None"]
 # validate(request) -> None: target-specific checks of option combinations; raise UserInputError.
 ValidateFn = Callable[[ExportRequest], None]

@@ -212,12 +212,6 @@ def run_export(
         if request.parity:
             with stages.stage("reference forward (torch eager)"):
                 reference = _reference_outputs(model, example)
-        proxy = None
-        if with_proxy:
-            assert reference is not None and target.proxy is not None
-            with stages.stage(f"torch proxy of the {target.name} {request.precision} artifact"):
-                outputs = target.proxy(model, example, request)
-                proxy = None if outputs is None else gate_proxy(profile, outputs, reference)
         io = raw_io_spec(resolution, "batch" if request.dynamic_batch else 1)
         ctx = ConvertContext(model, example, request, workdir, io, native_metadata(request, source))
         # From here the context holds the only reference to the torch model (3 GB at full size): a target may drop
@@ -225,9 +219,23 @@ def run_export(
         del model, loaded
         with stages.stage(f"convert to {target.name}"):
             result = target.convert(ctx)
+        kept: torch.nn.Module | None = ctx.model  # None when the target released it
         del ctx
+        proxy = None
+        if with_proxy:
+            # After the conversion, so that the proxy may use the model itself (Core ML rounds its weights in place)
+            # instead of a second copy of the weights beside the one the converter reads.
+            assert reference is not None and target.proxy is not None
+            if kept is None:
+                raise RuntimeError(f"target {target.name} released the model, but its proxy needs it")
+            give_freed_memory_back()
+            with stages.stage(f"torch proxy of the {target.name} {request.precision} artifact"):
+                outputs = target.proxy(kept, example, request)  # may modify the model: it is dropped next
+                kept = None
+                proxy = None if outputs is None else gate_proxy(profile, outputs, reference)
+        kept = None
         give_freed_memory_back()
-        echo(f"    after conversion, freed memory handed back: RSS {rss_gb():.1f} GB")
+        echo(f"    freed memory handed back before the check: RSS {rss_gb():.1f} GB")
         manifest = Manifest(
             source=source,
             target=target.name,

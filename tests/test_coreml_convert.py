@@ -132,12 +132,15 @@ def test_fp16_proxy_parity_recorded(exports):
     proxy = manifest.parity["proxy"]
     assert proxy["label"].startswith("PROXY") and proxy["passed"]
     assert manifest.parity["status"] == "deferred"
+    # The proxy runs after the conversion, on the model the converter read (rounded in place, not copied).
+    stages = list(manifest.conversion["stage_seconds"])
+    assert stages.index("torch proxy of the coreml fp16 artifact") == stages.index("convert to coreml") + 1
     metrics = proxy["metrics"]
-    # Measured on the golden pattern, tiny perturbed weights (torch 2.13 CPU); bounds ~2x the measurement.
-    assert metrics["means_rel_depth"]["max"] < 6e-3  # measured 2.98e-3 (p99 1.67e-3)
-    assert metrics["scales_log"]["max"] < 8e-3  # measured 4.08e-3
-    assert metrics["quat_angle_deg"]["max"] < 0.6  # measured 0.27 deg
-    assert metrics["colors_abs"]["max"] < 3e-4  # measured 1.15e-4
+    # Measured on the golden pattern, tiny perturbed weights (torch 2.13 CPU, proxy in channels-last); bounds ~2x.
+    assert metrics["means_rel_depth"]["max"] < 6e-3  # measured 2.98e-3
+    assert metrics["scales_log"]["max"] < 8e-3  # measured 4.25e-3
+    assert metrics["quat_angle_deg"]["max"] < 0.6  # measured 0.34 deg
+    assert metrics["colors_abs"]["max"] < 3e-4  # measured 1.06e-4
     assert metrics["opacities_abs"]["max"] < 1.5e-3  # measured 6.7e-4
     assert manifest.conversion["mil_checks"]["compute_dtypes"]["fp16"] > 400  # measured 481
 

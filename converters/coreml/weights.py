@@ -335,25 +335,28 @@ class TorchWeightCompression:
 
 
 def weights_proxy_outputs(
-    model: nn.Module,  # fp32 predictor (not modified)
+    model: nn.Module,  # fp32 predictor (not modified unless ``consume``)
     image: torch.Tensor,  # [B, 3, R, R] fp32 in [0, 1]
     disparity_factor: torch.Tensor,  # [B] fp32
     plan: WeightPlan,
     precision: str,  # fp32 | fp16
+    consume: bool = False,
 ) -> tuple[Gaussians3D, dict[str, Any]]:
     """PROXY for a weight-compressed Core ML package: the torch forward with the package's expanded weights.
 
     fp16: the fp16 precision plan (fp16_proxy.py) on top. Returns the raw Gaussians and the compression
     report of the torch side (count, elements, digest: equal to the package's when the values are the same).
+    ``consume``: compress ``model`` itself instead of a copy (fp16_proxy_outputs); ``model`` is unusable afterwards.
     """
 
     compression: list[TorchWeightCompression] = []
     if precision == "fp16":
         gaussians = fp16_proxy_outputs(model, image, disparity_factor, DEFAULT_PINNED,
                                        prepare=lambda copied: compression.append(
-                                           TorchWeightCompression(copied, plan, precision)))  # fmt: skip
+                                           TorchWeightCompression(copied, plan, precision)),
+                                       consume=consume)  # fmt: skip
     else:
-        copied = copy.deepcopy(model).eval()
+        copied = (model if consume else copy.deepcopy(model)).eval()
         compression.append(TorchWeightCompression(copied, plan, precision))
         with torch.no_grad():
             gaussians = flatten_grids(copied.forward_grids(image.float(), disparity_factor.float()))

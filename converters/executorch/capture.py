@@ -110,15 +110,20 @@ def group_norm_two_pass(
     row_mean = rows.mean(dim=3, keepdim=True)  # [B*G, D, H, 1]
     row_var = rows.var(dim=3, keepdim=True, correction=0)  # [B*G, D, H, 1]
 
-    def over_rows(t: torch.Tensor) -> torch.Tensor:  # [B*G, D, H, 1] -> [B*C]: the group's value for each channel
-        return t.mean(dim=2, keepdim=True).mean(dim=1, keepdim=True).expand(-1, per_group, 1, 1).reshape(-1)
+    def over_rows(t: torch.Tensor) -> torch.Tensor:  # [B*G, D, H, 1] -> [B*G, 1, 1, 1]: the group's mean of t
+        return t.mean(dim=2, keepdim=True).mean(dim=1, keepdim=True)
+
+    def per_channel(t: torch.Tensor) -> torch.Tensor:  # [B*G, 1, 1, 1] -> [B*C]: each channel gets its group's value
+        return t.expand(-1, per_group, 1, 1).reshape(-1)
 
     mean = over_rows(row_mean)
-    spread = row_mean - mean.reshape(batch * num_groups, per_group, 1, 1)
+    spread = row_mean - mean  # [B*G, D, H, 1]: each row's mean about the group's
     variance = over_rows(row_var + spread * spread)
     scale, shift = (t if t is None or batch == 1 else t.repeat(batch) for t in (weight, bias))
     flat = x.reshape(1, batch * channels, height, width)  # batch norm's statistics are per channel: one "image"
-    normalised = torch.nn.functional.batch_norm(flat, mean, variance, scale, shift, training=False, eps=eps)
+    normalised = torch.nn.functional.batch_norm(
+        flat, per_channel(mean), per_channel(variance), scale, shift, training=False, eps=eps
+    )
     return normalised.reshape(batch, channels, height, width)
 
 
