@@ -32,7 +32,8 @@ _ROUND_CHUNK = 1 << 22  # elements rounded at a time: an 8 MB fp16 temporary ins
 
 def _round_fp16(tensor: torch.Tensor) -> None:
     """Round an fp32 tensor to fp16 values in place, in chunks: at full size one activation holds up to 2.4 GB, and
-    a whole-tensor fp16 temporary beside it set the Core ML proxy's peak."""
+    a whole-tensor fp16 temporary beside it set the Core ML proxy's peak (full preset, the coreml --fp16 export with
+    its check: 8.12 GB with whole-tensor rounding, 7.28 GB in chunks; the same values)."""
     flat = None
     if tensor.numel() > _ROUND_CHUNK:
         if tensor.is_contiguous():

@@ -68,7 +68,8 @@ def proxy(model: torch.nn.Module, example: ExampleInputs, request: ExportRequest
     macOS): the converter's fp16 plan, with the package's expanded weights when they are compressed.
 
     Runs after the conversion and rounds / compresses ``model`` in place (run_export gives it up): one copy of the
-    weights instead of two (full size: 2.8 GB less at the export's peak).
+    weights instead of two. Full preset, fp16 export with its check: 11.59 GB peak with a copy in NCHW, 9.93 GB in
+    place, 7.28 GB in place, channels-last and rounded in chunks (fp16_proxy.py).
     """
     weights = request.options.get("weights", "none")
     if request.precision != "fp16" and weights == "none":
