@@ -16,8 +16,8 @@ Rows are merged into ``benchmarks/results/export_memory_full.json`` (a later run
 each row keeps its own date), so one row can be re-measured without the others.
 
 Use the perturbed full-size weights (benchmarks/make_perturbed_weights.py): seed-0 weights leave the prediction head
-zero and hide the decoder's error (docs/full-size-precision.md). Needs up to ~12 GB RAM per row (Core ML fp16: its
-torch proxy) and ~8 GB disk.
+zero and hide the decoder's error (docs/full-size-precision.md). Needs up to ~10 GB RAM per row (OpenVINO fp32, in
+its check) and ~8 GB disk.
 """
 
 from __future__ import annotations
