@@ -141,8 +141,8 @@ def run_builder(
         request_path.write_text(json.dumps(request))
         command = [sys.executable, "-m", "sharp_export.converters.tensorrt_rtx.child", str(request_path)]
         # The child loads the ONNX and builds beside this process: first hand back what the conversion freed (full
-        # preset, tensorrt fp16 --no-build: this process held 3.9 GB RSS while the check ran, 0.6 GB once handed back
-        # after the conversion; the export's tree peaked at 8.61 GB against its own 7.85 GB).
+        # preset, tensorrt fp16 --no-build: this process held 3.9 GB RSS while the child ran, 0.6 GB with this call;
+        # the export's tree peak, 8.61 GB before, is now its ONNX Runtime check's, 8.17 GB).
         give_freed_memory_back()
         child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
         assert child.stdout is not None
